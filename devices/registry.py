@@ -1,0 +1,300 @@
+"""The registry of sites and their devices, loaded from a YAML file.
+
+A mistake in the file stops start-up with ``RegistryError`` naming the file, the line and
+the key, so the operator can fix it without reading a traceback. The file format is
+documented in the README ("Registry").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from devices.vocabulary import VOCABULARY, Measurement, SiteKind
+
+# Ids end up in MQTT topics, line-protocol tags, SQL and Flux; allowing only this alphabet
+# means none of them ever needs escaping and no id can smuggle a wildcard or a separator.
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_ID_RE = re.compile(ID_PATTERN)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def parse_duration(value: object) -> timedelta:
+    """Accept seconds as a number, or a string such as ``500ms``, ``30s``, ``30m``, ``1h``."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration must be a number of seconds or a string like '30m'")  # noqa: TRY004 - pydantic reports ValueError as a validation error
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration: use seconds or a string like '30m'")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return timedelta(seconds=seconds)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OverrideModel(_Strict):
+    """Per-device narrowing of a measurement's range, and its thresholds."""
+
+    min: float | None = None
+    max: float | None = None
+    limit: float | None = Field(
+        default=None, description="design limit of a gauge, in the measurement's unit"
+    )
+    warn: float | None = None
+    alarm: float | None = None
+
+
+class DeviceModel(_Strict):
+    description: str = ""
+    interval: timedelta = Field(default=timedelta(minutes=30))
+    measurements: list[str] = Field(default_factory=list)
+    channels: dict[Id, list[str]] = Field(default_factory=dict)
+    overrides: dict[str, OverrideModel] = Field(default_factory=dict)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return parse_duration(value)
+
+
+class LocationModel(_Strict):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class SiteModel(_Strict):
+    kind: SiteKind
+    name: str
+    city: str = ""
+    location: LocationModel | None = None
+    devices: dict[Id, DeviceModel]
+
+    @model_validator(mode="after")
+    def _known_measurements(self) -> SiteModel:
+        vocab = VOCABULARY[self.kind]
+        for dev_id, dev in self.devices.items():
+            names = [*dev.measurements]
+            for chans in dev.channels.values():
+                names.extend(chans)
+            for name in names:
+                if name not in vocab:
+                    raise ValueError(
+                        f"device {dev_id!r}: {name!r} is not a {self.kind} measurement "
+                        f"(known: {', '.join(sorted(vocab))})"
+                    )
+            if not names:
+                raise ValueError(f"device {dev_id!r} has no measurements")
+            series = {
+                *dev.measurements,
+                *(f"{c}/{m}" for c, ms in dev.channels.items() for m in ms),
+            }
+            for key, ov in dev.overrides.items():
+                if key not in series and key not in names:
+                    raise ValueError(
+                        f"device {dev_id!r}: override {key!r} names no measurement of the device"
+                    )
+                meas = vocab[key.rsplit("/", 1)[-1]]
+                lo = meas.minimum if ov.min is None else ov.min
+                hi = meas.maximum if ov.max is None else ov.max
+                if not meas.minimum <= lo < hi <= meas.maximum:
+                    raise ValueError(
+                        f"device {dev_id!r}: override {key!r} range [{lo}, {hi}] must lie inside "
+                        f"the physical range [{meas.minimum}, {meas.maximum}] {meas.unit}"
+                    )
+        return self
+
+
+class RegistryModel(_Strict):
+    sites: dict[Id, SiteModel]
+
+
+class RegistryError(ValueError):
+    """The registry file is wrong; the message names the file, line and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    site: str
+    device: str
+    channel: str  # "" for a device-level measurement
+    measurement: str
+
+    @property
+    def name(self) -> str:
+        """The SenML record name: ``measurement`` or ``channel/measurement``."""
+        return f"{self.channel}/{self.measurement}" if self.channel else self.measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One time series the registry allows, with its effective range and thresholds."""
+
+    index: int
+    key: SeriesKey
+    kind: SiteKind
+    measurement: Measurement
+    minimum: float
+    maximum: float
+    limit: float | None
+    warn: float | None
+    alarm: float | None
+    interval: timedelta
+
+    @property
+    def unit(self) -> str:
+        return self.measurement.unit
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    site: str
+    id: str
+    kind: SiteKind
+    description: str
+    interval: timedelta
+    series: Mapping[str, Series]  # by record name
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: str
+    kind: SiteKind
+    name: str
+    city: str
+    lat: float | None
+    lon: float | None
+    devices: Mapping[str, Device]
+
+
+@dataclass(frozen=True)
+class Registry:
+    sites: Mapping[str, Site]
+    series: tuple[Series, ...]
+    _devices: dict[tuple[str, str], Device] = field(repr=False)
+
+    def device(self, site: str, device: str) -> Device | None:
+        return self._devices.get((site, device))
+
+    def devices(self) -> list[Device]:
+        return list(self._devices.values())
+
+    @classmethod
+    def from_model(cls, model: RegistryModel) -> Registry:
+        sites: dict[str, Site] = {}
+        all_series: list[Series] = []
+        devices: dict[tuple[str, str], Device] = {}
+        for site_id, sm in model.sites.items():
+            vocab = VOCABULARY[sm.kind]
+            site_devices: dict[str, Device] = {}
+            for dev_id, dm in sm.devices.items():
+                pairs = [("", m) for m in dm.measurements]
+                pairs += [(c, m) for c, ms in dm.channels.items() for m in ms]
+                by_name: dict[str, Series] = {}
+                for channel, meas_name in pairs:
+                    meas = vocab[meas_name]
+                    key = SeriesKey(site_id, dev_id, channel, meas_name)
+                    ov = dm.overrides.get(key.name) or dm.overrides.get(meas_name)
+                    s = Series(
+                        index=len(all_series),
+                        key=key,
+                        kind=sm.kind,
+                        measurement=meas,
+                        minimum=meas.minimum if ov is None or ov.min is None else ov.min,
+                        maximum=meas.maximum if ov is None or ov.max is None else ov.max,
+                        limit=None if ov is None else ov.limit,
+                        warn=None if ov is None else ov.warn,
+                        alarm=None if ov is None else ov.alarm,
+                        interval=dm.interval,
+                    )
+                    all_series.append(s)
+                    by_name[key.name] = s
+                dev = Device(site_id, dev_id, sm.kind, dm.description, dm.interval, by_name)
+                site_devices[dev_id] = dev
+                devices[(site_id, dev_id)] = dev
+            loc = sm.location
+            sites[site_id] = Site(
+                site_id,
+                sm.kind,
+                sm.name,
+                sm.city,
+                None if loc is None else loc.lat,
+                None if loc is None else loc.lon,
+                site_devices,
+            )
+        return cls(sites, tuple(all_series), devices)
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_index(value_node, (*path, key), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), out)
+
+
+def _locate(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def load_registry(path: Path | str) -> Registry:
+    """Load and check a registry file; raise ``RegistryError`` pointing at the mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read the registry: {exc}") from exc
+    return parse_registry(text, str(path))
+
+
+def parse_registry(text: str, source: str = "<registry>") -> Registry:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise RegistryError(f"{where}: not valid YAML: {exc}") from exc
+    if node is None or not isinstance(data, dict):
+        raise RegistryError(f"{source}:1: the registry must be a mapping with a 'sites' key")
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_index(node, (), lines)
+    try:
+        model = RegistryModel.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            line = _locate(lines, loc)
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            problems.append(f"{source}:{line}: {key}: {err['msg']}")
+        raise RegistryError("\n".join(problems)) from exc
+    return Registry.from_model(model)
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))

@@ -1,0 +1,61 @@
+"""The topic scheme: readings on ``{prefix}/{kind}/{site}/{device}``, alerts on
+``{prefix}/alerts/{kind}/{site}/{device}``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devices.registry import is_valid_id
+from devices.vocabulary import SiteKind
+
+DEFAULT_PREFIX = "stadtpuls"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicId:
+    kind: SiteKind
+    site: str
+    device: str
+
+
+class TopicRejected(ValueError):
+    """The topic does not follow the scheme; the message names what is wrong."""
+
+
+class TopicScheme:
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix or any(c in prefix for c in "+#\0") or prefix.endswith("/"):
+            raise ValueError(f"invalid topic prefix {prefix!r}")
+        self.prefix = prefix
+        self._head = prefix + "/"
+        self._depth = prefix.count("/") + 4
+
+    def subscriptions(self) -> list[str]:
+        """Topic filters the service subscribes to, one per site kind."""
+        return [f"{self.prefix}/{kind.value}/+/+" for kind in SiteKind]
+
+    def readings(self, kind: SiteKind, site: str, device: str) -> str:
+        return f"{self.prefix}/{kind.value}/{site}/{device}"
+
+    def alerts(self, kind: SiteKind, site: str, device: str) -> str:
+        return f"{self.prefix}/alerts/{kind.value}/{site}/{device}"
+
+    def parse(self, topic: str) -> TopicId:
+        if not topic.startswith(self._head):
+            raise TopicRejected(f"topic {topic!r} is outside prefix {self.prefix!r}")
+        parts = topic.split("/")
+        if len(parts) != self._depth:
+            raise TopicRejected(
+                f"topic {topic!r} must be {self.prefix}/{{kind}}/{{site}}/{{device}}"
+            )
+        kind, site, device = parts[-3:]
+        try:
+            site_kind = SiteKind(kind)
+        except ValueError:
+            raise TopicRejected(f"topic kind {kind!r} is neither 'bridge' nor 'school'") from None
+        for label, value in (("site", site), ("device", device)):
+            if not is_valid_id(value):
+                raise TopicRejected(
+                    f"{label} id {value!r} in the topic has characters outside [a-z0-9_-]"
+                )
+        return TopicId(site_kind, site, device)

@@ -1,0 +1,94 @@
+"""The types that flow through the data path: inbound messages, columnar reading batches,
+quarantine records and anomaly flags."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntFlag
+
+import numpy as np
+import numpy.typing as npt
+
+from devices.codecs import Decoded
+
+
+class AnomalyFlag(IntFlag):
+    """Which detectors marked a reading; stored as an integer bit set with the reading.
+
+    Sensor faults and structural findings are kept apart because engineers act differently
+    on each: ``LIMIT`` and ``SHIFT`` are about the structure, the rest about the sensor.
+    """
+
+    NONE = 0
+    RANGE = 1 << 0
+    LIMIT = 1 << 1
+    SPIKE = 1 << 2
+    STUCK = 1 << 3
+    STEP = 1 << 4
+    DRIFT = 1 << 5
+    RATE = 1 << 6
+    GAP = 1 << 7
+    SHIFT = 1 << 8
+
+    @classmethod
+    def names(cls, bits: int) -> str:
+        """Detector names joined with ``+``, or an empty string for a clean reading."""
+        return "+".join(
+            f.name.lower() for f in cls if f.value and bits & f.value and f.name is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message as the broker handed it over; ``token`` lets the subscriber acknowledge it."""
+
+    topic: str
+    payload: bytes
+    received_ns: int
+    token: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One quarantined message: the raw bytes and a reason a person can read."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_ns: int
+
+
+@dataclass(slots=True)
+class ReadingBatch:
+    """Readings of many messages, columnar; ``series`` indexes ``Registry.series``.
+
+    ``flags`` and ``scores`` are filled by the anomaly check before the commit.
+    """
+
+    series: npt.NDArray[np.int32]
+    ts_ns: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    flags: npt.NDArray[np.int32]
+    scores: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def empty(cls) -> ReadingBatch:
+        return cls.concat([])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Decoded]) -> ReadingBatch:
+        if not parts:
+            series = np.empty(0, np.int32)
+            ts = np.empty(0, np.int64)
+            values = np.empty(0, np.float64)
+        else:
+            series = np.concatenate([p.series for p in parts])
+            ts = np.concatenate([p.ts_ns for p in parts])
+            values = np.concatenate([p.values for p in parts])
+        n = len(values)
+        return cls(series, ts, values, np.zeros(n, np.int32), np.zeros(n, np.float32))

@@ -1,0 +1,177 @@
+"""The data path, top to bottom.
+
+    source.take()  ->  decode + validate (per message)  ->  anomaly check (vectorised)
+      ->  store.commit (durable: readings + quarantine in one transaction)
+      ->  source.ack (in arrival order)  ->  listeners (alerts, ...)
+
+A bad message is quarantined with its reason and counted; a store that fails is retried
+with jittered backoff while the messages stay unacknowledged, so the broker keeps them.
+The loop in ``IngestLoop.run`` is the one catch-all of the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+from devices.codecs import Decoded, Decoder, ReadingRejected
+from ingest.anomaly import AnomalyCheck
+from ingest.batch import InboundMessage, ReadingBatch, Rejection
+from ingest.metrics import IngestMetrics
+from ingest.stores.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class MessageSource(Protocol):
+    """Where messages come from (the MQTT subscriber, or a list in tests)."""
+
+    def take(self, max_messages: int, max_wait: timedelta) -> list[InboundMessage]:
+        """Up to ``max_messages``, waiting at most ``max_wait`` once the first has arrived."""
+        ...
+
+    def ack(self, messages: Sequence[InboundMessage]) -> None:
+        """Acknowledge committed messages to the broker, in arrival order."""
+        ...
+
+
+class BatchListener(Protocol):
+    """Sees every committed batch; this is how alerts see readings without ``ingest``
+    importing ``alerts``. A listener that raises is logged and counted, never retried."""
+
+    def batch_committed(self, batch: ReadingBatch) -> None: ...
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    messages: Sequence[InboundMessage]
+    readings: ReadingBatch
+    rejected: list[Rejection]
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    initial: timedelta = timedelta(milliseconds=100)
+    maximum: timedelta = timedelta(seconds=10)
+    multiplier: float = 2.0
+
+    def delays(self) -> Callable[[], float]:
+        """Full-jitter exponential backoff, in seconds, without end."""
+        state = {"cap": self.initial.total_seconds()}
+        cap_max = self.maximum.total_seconds()
+
+        def next_delay() -> float:
+            delay = random.uniform(0, state["cap"])
+            state["cap"] = min(cap_max, state["cap"] * self.multiplier)
+            return delay
+
+        return next_delay
+
+
+class Pipeline:
+    def __init__(
+        self,
+        decoder: Decoder,
+        check: AnomalyCheck,
+        store: Store,
+        metrics: IngestMetrics,
+        listeners: Sequence[BatchListener] = (),
+    ) -> None:
+        self.decoder = decoder
+        self.check = check
+        self.store = store
+        self.metrics = metrics
+        self.listeners = list(listeners)
+
+    def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
+        """Decode, validate and check a batch; nothing is written yet."""
+        parts: list[Decoded] = []
+        rejected: list[Rejection] = []
+        decode = self.decoder.decode
+        for m in messages:
+            try:
+                parts.append(decode(m.topic, m.payload, m.received_ns))
+            except ReadingRejected as exc:
+                rejected.append(
+                    Rejection(m.topic, m.payload, exc.reason.value, exc.detail, m.received_ns)
+                )
+            except Exception as exc:  # a decoder bug must not lose the message or stop ingest
+                log.exception("decoder failed on a message", extra={"topic": m.topic})
+                rejected.append(
+                    Rejection(m.topic, m.payload, "decoder_error", repr(exc), m.received_ns)
+                )
+        readings = ReadingBatch.concat(parts)
+        self.check.check(readings)
+        return PreparedBatch(messages, readings, rejected)
+
+    def commit(self, prepared: PreparedBatch) -> None:
+        """The durable commit; raises if the store failed (nothing of the batch is kept)."""
+        started = time.perf_counter()
+        self.store.commit(prepared.readings, prepared.rejected)
+        m = self.metrics
+        m.commit_seconds.observe(time.perf_counter() - started)
+        m.batch_messages.observe(len(prepared.messages))
+        m.messages_committed.inc(len(prepared.messages))
+        m.readings_stored.inc(len(prepared.readings))
+        flagged = int((prepared.readings.flags != 0).sum())
+        if flagged:
+            m.anomalies.inc(flagged)
+        for r in prepared.rejected:
+            m.rejected.labels(r.reason).inc()
+
+    def notify(self, prepared: PreparedBatch) -> None:
+        for listener in self.listeners:
+            try:
+                listener.batch_committed(prepared.readings)
+            except Exception:
+                name = type(listener).__name__
+                log.exception("batch listener failed", extra={"listener": name})
+                self.metrics.listener_errors.labels(name).inc()
+
+
+@dataclass
+class BatchSettings:
+    max_messages: int = 2000
+    max_wait: timedelta = timedelta(milliseconds=100)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+
+class IngestLoop:
+    """Takes batches from the source, commits them, then acknowledges them."""
+
+    def __init__(self, source: MessageSource, pipeline: Pipeline, settings: BatchSettings) -> None:
+        self.source = source
+        self.pipeline = pipeline
+        self.settings = settings
+        self.batches = 0
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            messages = self.source.take(self.settings.max_messages, self.settings.max_wait)
+            if not messages:
+                continue
+            prepared = self.pipeline.prepare(messages)
+            if not self._commit(prepared, stop):
+                return  # stopping: the broker redelivers what was not acknowledged
+            self.source.ack(messages)
+            self.batches += 1
+            self.pipeline.notify(prepared)
+
+    def _commit(self, prepared: PreparedBatch, stop: threading.Event) -> bool:
+        delays = self.settings.retry.delays()
+        while True:
+            try:
+                self.pipeline.commit(prepared)
+            except Exception:
+                self.pipeline.metrics.commit_failures.inc()
+                log.exception("durable commit failed; retrying the same batch")
+                if stop.wait(delays()):
+                    return False
+            else:
+                return True

@@ -1,0 +1,110 @@
+"""The quarantine: every rejected message with its raw bytes, topic, reason and receive time,
+listable and replayable (after fixing the registry, say)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from devices.codecs import Decoder, ReadingRejected
+from ingest.anomaly import AnomalyCheck
+from ingest.batch import ReadingBatch
+from ingest.stores.base import Store
+from ingest.stores.local import SqliteSettings
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    id: int
+    received_ns: int
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    replayed_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    entry_id: int
+    stored: int
+    reason: str | None  # None when the message is now accepted
+    detail: str = ""
+
+
+_COLUMNS = "id, received_ns, topic, payload, reason, detail, replayed_ns"
+
+
+class Quarantine:
+    """Reads the quarantine table of the local database (whatever the store)."""
+
+    def __init__(self, path: Path) -> None:
+        self.settings = SqliteSettings(path)
+
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[QuarantineEntry]:
+        conn = sqlite3.connect(self.settings.path)
+        try:
+            return [QuarantineEntry(*row) for row in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
+    def list(
+        self, *, reason: str | None = None, limit: int = 100, include_replayed: bool = False
+    ) -> list[QuarantineEntry]:
+        where = ["1=1"]
+        params: list[object] = []
+        if reason is not None:
+            where.append("reason = ?")
+            params.append(reason)
+        if not include_replayed:
+            where.append("replayed_ns IS NULL")
+        sql = (
+            f"SELECT {_COLUMNS} FROM quarantine WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        return self._query(sql, (*params, limit))
+
+    def get(self, entry_id: int) -> QuarantineEntry | None:
+        rows = self._query(f"SELECT {_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,))
+        return rows[0] if rows else None
+
+    def counts(self) -> dict[str, int]:
+        conn = sqlite3.connect(self.settings.path)
+        try:
+            return dict(
+                conn.execute(
+                    "SELECT reason, count(*) FROM quarantine WHERE replayed_ns IS NULL "
+                    "GROUP BY reason ORDER BY reason"
+                ).fetchall()
+            )
+        finally:
+            conn.close()
+
+    def pending(self) -> Iterator[QuarantineEntry]:
+        yield from self._query(
+            f"SELECT {_COLUMNS} FROM quarantine WHERE replayed_ns IS NULL ORDER BY id", ()
+        )
+
+    def replay(
+        self, entry: QuarantineEntry, decoder: Decoder, check: AnomalyCheck, store: Store
+    ) -> ReplayResult:
+        """Decode the raw message again with the current registry and limits, judged at its
+        original receive time; store it if it passes now and mark the entry replayed."""
+        try:
+            decoded = decoder.decode(entry.topic, entry.payload, entry.received_ns)
+        except ReadingRejected as exc:
+            return ReplayResult(entry.id, 0, exc.reason.value, exc.detail)
+        batch = ReadingBatch.concat([decoded])
+        check.check(batch)
+        store.commit(batch, [])
+        conn = sqlite3.connect(self.settings.path, isolation_level=None)
+        try:
+            conn.execute(
+                "UPDATE quarantine SET replayed_ns = ? WHERE id = ?", (time.time_ns(), entry.id)
+            )
+        finally:
+            conn.close()
+        return ReplayResult(entry.id, len(batch), None)

@@ -1,0 +1,37 @@
+"""``ListSource``: a message source over a list, for replays and tests (passed in, never
+patched in), recording what was acknowledged."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+
+from ingest.batch import InboundMessage
+
+
+class ListSource:
+    def __init__(self, messages: Iterable[InboundMessage] = ()) -> None:
+        self._messages = list(messages)
+        self._lock = threading.Lock()
+        self.acked: list[InboundMessage] = []
+        self.drained = threading.Event()
+
+    def add(self, messages: Iterable[InboundMessage]) -> None:
+        with self._lock:
+            self._messages.extend(messages)
+            self.drained.clear()
+
+    def take(self, max_messages: int, max_wait: timedelta) -> list[InboundMessage]:
+        with self._lock:
+            out = self._messages[:max_messages]
+            del self._messages[:max_messages]
+        if not out:
+            self.drained.wait(min(max_wait.total_seconds(), 0.05))
+        return out
+
+    def ack(self, messages: Sequence[InboundMessage]) -> None:
+        with self._lock:
+            self.acked.extend(messages)
+            if not self._messages:
+                self.drained.set()

@@ -1,0 +1,156 @@
+"""The local SQLite database (WAL) behind every durable commit.
+
+It holds the series table, the quarantine, and, depending on the store, either the readings
+themselves (``SqliteStore``) or the journal of readings waiting for InfluxDB
+(``InfluxStore``). One batch is one transaction, so its readings and its quarantine
+records become durable together, and only then are the MQTT messages acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from devices.registry import Series
+from ingest.batch import ReadingBatch, Rejection
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    measurement TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    UNIQUE (site, device, channel, measurement)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_ns INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    replayed_ns INTEGER
+);
+CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteSettings:
+    path: Path
+    # FULL makes each batch commit survive power loss, not only a crash of the process;
+    # with one commit per batch the fsync is cheap.
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 5000
+
+
+def _create_private(path: Path) -> None:
+    """Create the file readable by its owner only (it holds raw device payloads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class LocalDatabase:
+    """A SQLite file in WAL mode with one writer connection, guarded by a lock."""
+
+    def __init__(
+        self, settings: SqliteSettings, series: Sequence[Series], extra_schema: str
+    ) -> None:
+        if settings.synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(
+                f"sqlite synchronous must be NORMAL, FULL or EXTRA, not {settings.synchronous!r}"
+            )
+        self.settings = settings
+        self.path = settings.path
+        _create_private(self.path)
+        self._lock = threading.Lock()
+        self._conn = self.connect()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={settings.synchronous}")
+        self._conn.executescript(_SCHEMA + extra_schema)
+        self.series_ids = self._register_series(series)
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.settings.busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout={self.settings.busy_timeout_ms}")
+        return conn
+
+    def _register_series(self, series: Sequence[Series]) -> npt.NDArray[np.int64]:
+        """Map registry series indexes to stable database ids (kept across registry edits)."""
+        rows = [
+            (s.key.site, s.key.device, s.key.channel, s.key.measurement, s.unit) for s in series
+        ]
+        with self.transaction() as cur:
+            cur.executemany(
+                "INSERT OR IGNORE INTO series (site, device, channel, measurement, unit) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            ids = {
+                (site, device, channel, meas): sid
+                for sid, site, device, channel, meas in cur.execute(
+                    "SELECT id, site, device, channel, measurement FROM series"
+                )
+            }
+        return np.array([ids[r[:4]] for r in rows], dtype=np.int64)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    @staticmethod
+    def add_rejections(cur: sqlite3.Cursor, rejected: Sequence[Rejection]) -> None:
+        if rejected:
+            cur.executemany(
+                "INSERT INTO quarantine (received_ns, topic, payload, reason, detail) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(r.received_ns, r.topic, r.payload, r.reason, r.detail) for r in rejected],
+            )
+
+    def reading_rows(self, batch: ReadingBatch) -> zip[tuple[int, int, float, int, float]]:
+        """Rows of (series id, ts_ns, value, anomaly, score), built column-wise for speed."""
+        return zip(
+            self.series_ids[batch.series].tolist(),
+            batch.ts_ns.tolist(),
+            batch.values.tolist(),
+            batch.flags.tolist(),
+            batch.scores.tolist(),
+            strict=True,
+        )
+
+    def writable(self) -> bool:
+        try:
+            with self.transaction() as cur:
+                cur.execute("SELECT 1")
+        except sqlite3.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,231 @@
+"""The MQTT subscriber: QoS 1, a fixed client id, a persistent session, manual acknowledgement.
+
+paho's network thread only puts messages on a queue; the ingest loop takes batches from it
+and acknowledges each message after its batch was durably committed. Acknowledgements are
+tied to the connection they arrived on: after a reconnect the broker redelivers what was not
+acknowledged (with the same packet ids), so an acknowledgement of a message from an earlier
+connection is skipped rather than risk acknowledging a different message that reuses its id.
+The redelivered copy is committed again, which is harmless because writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ingest.batch import InboundMessage
+from ingest.metrics import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "stadtpuls-ingest"
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: str | None = None
+    keepalive: timedelta = timedelta(seconds=30)
+    # How long the broker keeps the session (and queues QoS 1 messages) while we are away.
+    session_expiry: timedelta = timedelta(days=1)
+    # MQTT 5 flow control: unacknowledged messages the broker may have in flight to us. It
+    # must exceed a batch, or the broker stalls waiting for acknowledgements of a batch
+    # that is waiting for messages.
+    receive_maximum: int = 20000
+    reconnect_min: timedelta = timedelta(milliseconds=200)
+    reconnect_max: timedelta = timedelta(seconds=30)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    generation: int
+    mid: int
+    qos: int
+
+
+class MqttSubscriber:
+    def __init__(
+        self, settings: MqttSettings, subscriptions: Sequence[str], metrics: IngestMetrics
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self.metrics = metrics
+        self._queue: queue.SimpleQueue[InboundMessage] = queue.SimpleQueue()
+        self._pending = 0
+        self._generation = 0
+        self._ack_lock = threading.Lock()
+        self._connected = threading.Event()
+        self.connections = 0
+        v5 = settings.protocol == "5"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        c = self._client
+        if settings.username is not None:
+            c.username_pw_set(settings.username, settings.password)
+        if settings.tls_ca is not None:
+            c.tls_set(
+                ca_certs=settings.tls_ca,
+                certfile=settings.tls_cert,
+                keyfile=settings.tls_key,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        c.reconnect_delay_set(
+            max(1, round(settings.reconnect_min.total_seconds())),
+            max(1, round(settings.reconnect_max.total_seconds())),
+        )
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        s = self.settings
+        props: Properties | None = None
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(s.session_expiry.total_seconds())
+            props.ReceiveMaximum = s.receive_maximum
+        self._client.connect_async(
+            s.host,
+            s.port,
+            keepalive=int(s.keepalive.total_seconds()),
+            clean_start=False if s.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self.metrics.broker_connected.set(0)
+
+    # paho callbacks: they run on paho's network thread and must not block.
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        with self._ack_lock:
+            self._generation += 1
+        self.connections += 1
+        if not flags.session_present:
+            result, _ = client.subscribe([(topic, 1) for topic in self.subscriptions])
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.error("subscribe failed: %s", mqtt.error_string(result))
+            self.metrics.resubscribes.inc()
+            log.info(
+                "connected without a session; subscribed to %s",
+                ", ".join(self.subscriptions),
+            )
+        else:
+            log.info("connected; the broker kept our session")
+        self._connected.set()
+        self.metrics.broker_connected.set(1)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        for r in reasons:
+            if r.is_failure:
+                log.error("the broker refused a subscription: %s", r)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._ack_lock:
+            self._generation += 1
+        self._connected.clear()
+        self.metrics.broker_connected.set(0)
+        log.warning("disconnected from the broker: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = repr(msg.info)  # the broker should refuse such topics; keep the message
+        token = _Token(self._generation, msg.mid, msg.qos)
+        self._queue.put(InboundMessage(topic, msg.payload, time.time_ns(), token))
+        self.metrics.messages_received.inc()
+
+    # MessageSource
+
+    def take(self, max_messages: int, max_wait: timedelta) -> list[InboundMessage]:
+        q = self._queue
+        try:
+            first = q.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        out = [first]
+        deadline = time.monotonic() + max_wait.total_seconds()
+        while len(out) < max_messages:
+            try:
+                out.append(q.get_nowait())
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    out.append(q.get(timeout=min(remaining, 0.01)))
+                except queue.Empty:
+                    continue
+        self.metrics.pending_messages.set(q.qsize() + len(out))
+        return out
+
+    def ack(self, messages: Sequence[InboundMessage]) -> None:
+        client = self._client
+        with self._ack_lock:
+            generation = self._generation
+            for m in messages:
+                token = m.token
+                assert isinstance(token, _Token)
+                if token.qos and token.generation == generation:
+                    client.ack(token.mid, token.qos)
+        self.metrics.pending_messages.set(self._queue.qsize())

@@ -1,0 +1,178 @@
+"""Wiring: builds every part once from the settings and starts and stops them in order."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from dataclasses import dataclass
+
+from devices.codecs import DecodeLimits, Decoder
+from devices.registry import Registry
+from devices.topics import TopicScheme
+from ingest.anomaly import LimitCheck
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
+from ingest.stores.base import Store
+from ingest.stores.local import SqliteSettings
+from ingest.stores.sqlite import SqliteStore
+from ingest.subscriber import MqttSettings, MqttSubscriber
+from stadtpuls.settings import Settings
+from stadtpuls.web import HttpServer, build_app
+
+log = logging.getLogger(__name__)
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    lim = settings.limits
+    return DecodeLimits(
+        max_payload_bytes=lim.max_payload_bytes,
+        max_records=lim.max_records,
+        max_samples=lim.max_samples,
+        max_future_skew=lim.max_future_skew,
+        backfill_horizon=lim.backfill_horizon,
+    )
+
+
+def build_decoder(settings: Settings, registry: Registry) -> Decoder:
+    return Decoder(registry, TopicScheme(settings.topic_prefix), decode_limits(settings))
+
+
+def build_store(settings: Settings, registry: Registry) -> Store:
+    local = SqliteSettings(settings.database_path, synchronous=settings.store.sqlite_synchronous)
+    if settings.store.backend == "sqlite":
+        return SqliteStore(local, registry.series)
+    from ingest.stores.influx import InfluxSettings, InfluxStore
+
+    token = settings.influxdb.token
+    assert token is not None  # the settings refuse an influxdb backend without a token
+    influx = InfluxSettings(
+        url=settings.influxdb.url,
+        org=settings.influxdb.org,
+        bucket=settings.influxdb.bucket,
+        token=token.get_secret_value(),
+        timeout=settings.influxdb.timeout,
+        chunk_size=settings.influxdb.chunk_size,
+    )
+    store = InfluxStore(influx, local, registry.series)
+    store.start()
+    return store
+
+
+def mqtt_settings(settings: Settings) -> MqttSettings:
+    m = settings.mqtt
+    return MqttSettings(
+        host=m.host,
+        port=m.port,
+        client_id=m.client_id,
+        protocol=m.protocol,
+        username=m.username,
+        password=None if m.password is None else m.password.get_secret_value(),
+        keepalive=m.keepalive,
+        session_expiry=m.session_expiry,
+        receive_maximum=m.receive_maximum,
+        tls_ca=None if m.tls_ca is None else str(m.tls_ca),
+        tls_cert=None if m.tls_cert is None else str(m.tls_cert),
+        tls_key=None if m.tls_key is None else str(m.tls_key),
+    )
+
+
+@dataclass
+class ServiceStatus:
+    received: int
+    stored: int
+    rejected: int
+    journal_depth: int
+    connected: bool
+
+
+class Service:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = IngestMetrics()
+        self.store = build_store(settings, registry)
+        self.pipeline = Pipeline(
+            build_decoder(settings, registry), LimitCheck(registry.series), self.store, self.metrics
+        )
+        self.subscriber = MqttSubscriber(
+            mqtt_settings(settings),
+            TopicScheme(settings.topic_prefix).subscriptions(),
+            self.metrics,
+        )
+        self.loop = IngestLoop(
+            self.subscriber,
+            self.pipeline,
+            BatchSettings(settings.batch.max_messages, settings.batch.max_wait),
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        app = build_app(self.readiness, self.metrics.registry, self._refresh_gauges)
+        self.http = HttpServer(app, settings.http.host, settings.http.port)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run(self._stop)
+        except Exception:  # the loop retries store errors itself; anything else is a bug
+            log.exception("the ingest loop stopped")
+            raise
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "broker_connected": self.subscriber.connected,
+            "store_writable": self.store.writable(),
+            "ingest_running": self._thread.is_alive(),
+        }
+
+    def _refresh_gauges(self) -> None:
+        self.metrics.journal_depth.set(self.store.journal_depth())
+
+    def status(self) -> ServiceStatus:
+        def total(counter_name: str) -> int:
+            value = self.metrics.registry.get_sample_value(counter_name)
+            return int(value or 0)
+
+        rejected = sum(
+            int(s.value)
+            for metric in self.metrics.rejected.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
+        return ServiceStatus(
+            received=total("stadtpuls_messages_received_total"),
+            stored=total("stadtpuls_readings_stored_total"),
+            rejected=rejected,
+            journal_depth=self.store.journal_depth(),
+            connected=self.subscriber.connected,
+        )
+
+    def caught_up(self) -> bool:
+        """True when every message received so far has been committed."""
+        r = self.metrics.registry
+        received = r.get_sample_value("stadtpuls_messages_received_total") or 0
+        committed = r.get_sample_value("stadtpuls_messages_committed_total") or 0
+        return committed >= received
+
+    def start(self) -> None:
+        # Everything built at start-up lives for the whole run; keeping it out of the
+        # collector's generations makes the per-batch garbage collections cheap.
+        gc.collect()
+        gc.freeze()
+        self.http.start()
+        self.subscriber.start()
+        self._thread.start()
+        log.info(
+            "stadtpuls running: broker %s:%d, store %s, http %s:%d",
+            self.settings.mqtt.host,
+            self.settings.mqtt.port,
+            self.settings.store.backend,
+            self.settings.http.host,
+            self.http.port,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.subscriber.stop()
+        self.http.stop()
+        self.store.close()

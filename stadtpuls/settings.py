@@ -1,0 +1,178 @@
+"""Settings: one YAML file, overridable by environment variables, read once at start-up.
+
+Environment variables win over the file: ``STADTPULS_MQTT__HOST=broker`` overrides
+``mqtt.host``. Secrets (the MQTT password, the InfluxDB token) come from the environment or
+from a file named by ``*_file``, are held as ``SecretStr`` so they never reach a log, and a
+placeholder secret refuses start-up.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token", "xxx", "todo"}
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message says where and what."""
+
+
+def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
+    if file is not None:
+        try:
+            value = SecretStr(file.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ValueError(f"{what}: cannot read the secret file {file}: {exc}") from exc
+    if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+        raise ValueError(f"{what} is empty or a placeholder; set a real secret")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str = Field(default="stadtpuls-ingest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    keepalive: timedelta = timedelta(seconds=30)
+    session_expiry: timedelta = timedelta(days=1)
+    receive_maximum: int = Field(default=20000, ge=1, le=65535)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> MqttSection:
+        self.password = _read_secret(self.password, self.password_file, "mqtt.password")
+        return self
+
+
+class InfluxSection(_Section):
+    url: str = "http://127.0.0.1:8086"
+    org: str = "stadtpuls"
+    bucket: str = "stadtpuls"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    timeout: timedelta = timedelta(seconds=10)
+    chunk_size: int = Field(default=5000, ge=1)
+
+    @model_validator(mode="after")
+    def _secret(self) -> InfluxSection:
+        self.token = _read_secret(self.token, self.token_file, "influxdb.token")
+        return self
+
+
+class StoreSection(_Section):
+    backend: Literal["sqlite", "influxdb"] = "sqlite"
+    sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
+
+
+class BatchSection(_Section):
+    max_messages: int = Field(default=2000, ge=1)
+    max_wait: timedelta = timedelta(milliseconds=100)
+
+
+class LimitsSection(_Section):
+    max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    max_records: int = Field(default=1000, ge=1)
+    max_samples: int = Field(default=10_000, ge=1)
+    max_future_skew: timedelta = timedelta(minutes=5)
+    backfill_horizon: timedelta = timedelta(days=30)
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STADTPULS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    registry: Path = Path("registry.yaml")
+    data_dir: Path = Path("data")
+    topic_prefix: str = "stadtpuls"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    influxdb: InfluxSection = Field(default_factory=InfluxSection)
+    batch: BatchSection = Field(default_factory=BatchSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _influx_needs_token(self) -> Settings:
+        if self.store.backend == "influxdb" and self.influxdb.token is None:
+            raise ValueError(
+                "store.backend is influxdb but no token: set STADTPULS_INFLUXDB__TOKEN "
+                "or influxdb.token_file"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, which arrives as init arguments.
+        return env_settings, init_settings, file_secret_settings
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "stadtpuls.db"
+
+
+def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Paths in the file are relative to the file, not to the working directory."""
+    for key in ("registry", "data_dir"):
+        if isinstance(data.get(key), str):
+            data[key] = str(base / data[key])
+    for section, keys in (
+        ("mqtt", ("password_file", "tls_ca", "tls_cert", "tls_key")),
+        ("influxdb", ("token_file",)),
+    ):
+        sec = data.get(section)
+        if isinstance(sec, dict):
+            for key in keys:
+                if isinstance(sec.get(key), str):
+                    sec[key] = str(base / sec[key])
+    return data
+
+
+def load_settings(path: Path | None, **overrides: Any) -> Settings:
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the configuration must be a mapping")
+        data = _resolve(path.resolve().parent, loaded or {})
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = [
+            f"{source}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None

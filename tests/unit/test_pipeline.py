@@ -1,0 +1,122 @@
+"""The pipeline over a list source and a real SQLite store: stored or quarantined, once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from devices.codecs import DecodeLimits, Decoder
+from devices.registry import parse_registry
+from devices.topics import TopicScheme
+from ingest.anomaly import LimitCheck
+from ingest.batch import AnomalyFlag, InboundMessage
+from ingest.metrics import IngestMetrics
+from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
+from ingest.quarantine import Quarantine
+from ingest.sources import ListSource
+from ingest.stores.base import ReadingQuery
+from ingest.stores.local import SqliteSettings
+from ingest.stores.sqlite import SqliteStore
+from tests.registry_fixture import REGISTRY_YAML, test_registry
+
+NOW_S = 1_780_000_000
+NOW_NS = NOW_S * 10**9
+
+
+def msg(topic: str, payload: object, offset_s: float = 0.0) -> InboundMessage:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return InboundMessage(topic, body, NOW_NS + int(offset_s * 1e9))
+
+
+def strain(t: float, v: float) -> bytes:
+    return json.dumps([{"bn": "sg1/", "bt": t, "n": "g1/strain", "v": v}]).encode()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(SqliteSettings(tmp_path / "db.sqlite"), test_registry().series)
+
+
+def run(store: SqliteStore, messages: list[InboundMessage], batch: int = 3) -> ListSource:
+    registry = test_registry()
+    pipeline = Pipeline(
+        Decoder(registry, TopicScheme(), DecodeLimits()),
+        LimitCheck(registry.series),
+        store,
+        IngestMetrics(),
+    )
+    source = ListSource(messages)
+    loop = IngestLoop(source, pipeline, BatchSettings(max_messages=batch))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    assert source.drained.wait(10)
+    stop.set()
+    thread.join(10)
+    return source
+
+
+def test_good_readings_stored_bad_quarantined_all_acked_in_order(store: SqliteStore) -> None:
+    messages = [
+        msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 3, 10.0)),
+        msg("stadtpuls/bridge/b1/sg1", b'[{"n":"g1/strain","v":NaN}]'),
+        msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 2, 950.0)),
+        msg("stadtpuls/school/s1/room-1", [{"n": "co2", "v": 812, "t": NOW_S - 1}]),
+        msg("stadtpuls/bridge/b1/nope", strain(NOW_S - 1, 1.0)),
+    ]
+    source = run(store, messages, batch=2)
+    assert source.acked == messages
+    rows = list(store.readings(ReadingQuery("b1", 0, NOW_NS * 2)))
+    assert [(r.value, r.measurement) for r in rows] == [(10.0, "strain"), (950.0, "strain")]
+    assert rows[1].anomaly == AnomalyFlag.LIMIT  # 950 > the gauge's design limit of 900
+    assert rows[1].score == pytest.approx(950 / 900, rel=1e-4)
+    assert [r.value for r in store.readings(ReadingQuery("s1", 0, NOW_NS * 2))] == [812.0]
+    q = Quarantine(store.db.path)
+    assert q.counts() == {"not_finite": 1, "unknown_device": 1}
+    entry = q.list(reason="unknown_device")[0]
+    assert entry.payload == messages[4].payload
+    assert entry.topic == "stadtpuls/bridge/b1/nope"
+    assert entry.received_ns == messages[4].received_ns
+
+
+def test_redelivered_message_is_stored_once(store: SqliteStore) -> None:
+    first = msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 3, 10.0))
+    again = msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 3, 10.0), offset_s=5)
+    run(store, [first, first, again])
+    assert store.count() == 1
+
+
+def test_replay_after_registry_fix(tmp_path: Path, store: SqliteStore) -> None:
+    """A room added to the registry after its sensor started sending: replay stores it."""
+    early = msg("stadtpuls/school/s1/room-2", [{"n": "co2", "v": 640, "t": NOW_S - 1}])
+    run(store, [early])
+    q = Quarantine(store.db.path)
+    assert q.counts() == {"unknown_device": 1}
+    (entry,) = q.list()
+    old = test_registry()
+    decoder = Decoder(old, TopicScheme(), DecodeLimits())
+    still = q.replay(entry, decoder, LimitCheck(old.series), store)
+    assert still.reason == "unknown_device"
+
+    fixed = parse_registry(
+        REGISTRY_YAML.replace(
+            "      room-1:\n", "      room-2:\n        measurements: [co2]\n      room-1:\n"
+        )
+    )
+    new_store = SqliteStore(SqliteSettings(store.db.path), fixed.series)
+    decoder = Decoder(fixed, TopicScheme(), DecodeLimits())
+    result = q.replay(entry, decoder, LimitCheck(fixed.series), new_store)
+    assert (result.reason, result.stored) == (None, 1)
+    assert q.counts() == {}
+    rows = list(new_store.readings(ReadingQuery("s1", 0, NOW_NS * 2, device="room-2")))
+    assert [(r.value, r.ts_ns) for r in rows] == [(640.0, NOW_NS - 10**9)]
+
+
+def test_store_is_private(store: SqliteStore) -> None:
+    assert store.db.path.stat().st_mode & 0o777 == 0o600
+    conn = sqlite3.connect(store.db.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
