@@ -1,0 +1,62 @@
+# The targets are the commands CI runs. `make test` is what .ci/run calls.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics
+
+.PHONY: help uv deps tools sync lint typecheck test test-unit test-integration demo bench clean
+
+help:
+	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
+	@echo "make test   - set up and run lint, type checks and the whole test suite"
+	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || { \
+	  echo "uv is missing: installing it with pip"; \
+	  python3 -m pip install --quiet uv || pip install --quiet uv; }
+
+# Debian packages the integration tests run as real processes. Installed when missing and
+# we are root; otherwise we say exactly what to install.
+tools:
+	@missing=""; for pair in $(DEBIAN_TOOLS); do \
+	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /usr/bin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "install them with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+sync: uv
+	@$(UV) sync --frozen --quiet
+
+lint: sync
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: sync
+	$(UV) run mypy
+
+test: tools sync lint typecheck
+	$(UV) run pytest -q
+
+test-unit: sync
+	$(UV) run pytest -q tests/unit
+
+test-integration: tools sync
+	$(UV) run pytest -q tests/integration
+
+demo: sync
+	$(UV) run stadtpuls demo
+
+bench: tools sync
+	$(UV) run python -m bench.run
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache stadtpuls-demo bench-results

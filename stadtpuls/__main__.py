@@ -1,0 +1,3 @@
+from stadtpuls.cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""The delivery guarantee on real parts: a real Mosquitto on a free loopback port, the
+service as a real process, and a load generator in a third process. Every reading the
+broker acknowledged to the publisher must end up stored exactly once, whatever is killed."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stadtpuls.broker import MosquittoBroker
+from tests.support.loadgen import reading
+from tests.support.service import ServiceProcess
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture
+def service(tmp_path: Path, broker: MosquittoBroker) -> Iterator[ServiceProcess]:
+    svc = ServiceProcess(tmp_path / "service", broker.port)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@dataclass
+class Load:
+    proc: subprocess.Popen[bytes]
+    out: Path
+    base_ms: int
+    count: int
+
+    def finish(self, timeout: float = 180) -> list[int]:
+        assert self.proc.wait(timeout) == 0
+        result = json.loads(self.out.read_text())
+        acked: list[int] = result["acked"]
+        return acked
+
+
+def start_load(tmp_path: Path, port: int, count: int, rate: float, name: str) -> Load:
+    out = tmp_path / f"{name}.json"
+    base_ms = time.time_ns() // 1_000_000 - 60_000  # a minute ago: inside the allowed window
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "tests.support.loadgen", "--port", str(port),
+            "--count", str(count), "--rate", str(rate), "--base-ms", str(base_ms),
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    return Load(proc, out, base_ms, count)
+
+
+def stored_strain(db: Path) -> list[tuple[int, float]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "SELECT r.ts_ns, r.value FROM readings r JOIN series s ON s.id = r.series_id "
+            "WHERE s.site = 'b1' AND s.device = 'sg1' AND s.channel = 'g1' "
+            "AND s.measurement = 'strain' ORDER BY r.ts_ns"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def count_strain(db: Path) -> int:
+    try:
+        return len(stored_strain(db))
+    except sqlite3.Error:
+        return 0
+
+
+def assert_exactly_once(db: Path, load: Load, acked: list[int]) -> None:
+    rows = stored_strain(db)
+    stored = {ts: value for ts, value in rows}
+    assert len(stored) == len(rows)  # one row per reading key
+    expected = {reading(load.base_ms, seq).ts_ns: reading(load.base_ms, seq).value for seq in acked}
+    missing = sorted(set(expected) - set(stored))
+    assert not missing, f"{len(missing)} acknowledged readings lost, first {missing[:5]}"
+    sent = {reading(load.base_ms, seq).ts_ns for seq in range(load.count)}
+    assert set(stored) <= sent, "stored readings that were never sent"
+    assert all(stored[ts] == v for ts, v in expected.items()), "a stored value was altered"
+
+
+def test_sigkill_mid_stream_loses_nothing(
+    tmp_path: Path, broker: MosquittoBroker, service: ServiceProcess
+) -> None:
+    load = start_load(tmp_path, broker.port, count=12_000, rate=2_000, name="kill")
+    wait_until(lambda: count_strain(service.db) > 3_000, 30, "the first readings stored")
+    service.kill()
+    service.start()  # same client id: the broker kept the session and what was not acked
+    acked = load.finish()
+    assert len(acked) == load.count
+    wait_until(lambda: count_strain(service.db) >= len(acked), 60, "every acked reading stored")
+    assert_exactly_once(service.db, load, acked)
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    tmp_path: Path, broker: MosquittoBroker, service: ServiceProcess
+) -> None:
+    load = start_load(tmp_path, broker.port, count=8_000, rate=1_000, name="restart")
+    wait_until(lambda: count_strain(service.db) > 2_000, 30, "the first readings stored")
+    broker.restart()
+    acked = load.finish()
+    assert len(acked) == load.count
+    wait_until(lambda: count_strain(service.db) >= len(acked), 60, "every acked reading stored")
+    assert_exactly_once(service.db, load, acked)
+    assert service.metric("stadtpuls_broker_connected") == 1

@@ -1,0 +1,90 @@
+"""A load generator run as a separate process: publishes numbered strain readings at QoS 1
+and writes down which ones the broker acknowledged.
+
+Reading ``seq`` of a run has device time ``base + seq`` milliseconds and value
+``seq % 4000 - 2000`` microstrain, so a checker can tell from a stored row which
+message it came from.
+
+    python -m tests.support.loadgen --port P --count N --rate R --out acked.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+
+
+@dataclass(frozen=True)
+class Reading:
+    seq: int
+    ts_ns: int
+    value: float
+
+
+def reading(base_ms: int, seq: int) -> Reading:
+    return Reading(seq, (base_ms + seq) * 1_000_000, float(seq % 4000 - 2000))
+
+
+def payload(device: str, r: Reading) -> bytes:
+    record = {"bn": f"{device}/", "bt": r.ts_ns / 1e9, "n": "g1/strain", "v": r.value}
+    return json.dumps([record]).encode()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--topic", default="stadtpuls/bridge/b1/sg1")
+    ap.add_argument("--device", default="sg1")
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--rate", type=float, required=True, help="messages per second")
+    ap.add_argument("--base-ms", type=int, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--drain-timeout", type=float, default=120.0)
+    args = ap.parse_args()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"loadgen-{args.device}-{args.base_ms}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.max_inflight_messages_set(100)
+    client.max_queued_messages_set(0)
+    client.reconnect_delay_set(1, 2)
+    acked_mids: set[int] = set()
+    # MQTTMessageInfo.is_published() raises for a message first queued while disconnected,
+    # though paho does send it after reconnecting; the PUBACK callback tells the truth.
+    client.on_publish = lambda _c, _u, mid, _rc, _p: acked_mids.add(mid)
+    client.connect(args.host, args.port)
+    client.loop_start()
+    if args.count > 65_000:
+        raise SystemExit("packet ids repeat after 65535 messages; use fewer per run")
+    mids: list[tuple[int, int]] = []
+    start = time.monotonic()
+    for seq in range(args.count):
+        due = start + seq / args.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the load, not waiting for a condition
+        info = client.publish(args.topic, payload(args.device, reading(args.base_ms, seq)), qos=1)
+        # NO_CONN still queues a QoS 1 message in paho; it goes out on reconnect.
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise SystemExit(f"publish {seq} failed: {mqtt.error_string(info.rc)}")
+        mids.append((seq, info.mid))
+    deadline = time.monotonic() + args.drain_timeout
+    while time.monotonic() < deadline and len(acked_mids) < args.count:
+        time.sleep(0.05)
+    acked = [seq for seq, mid in mids if mid in acked_mids]
+    client.disconnect()
+    client.loop_stop()
+    args.out.write_text(json.dumps({"sent": args.count, "acked": acked}))
+
+
+if __name__ == "__main__":
+    main()
