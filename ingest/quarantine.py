@@ -25,6 +25,8 @@ class QuarantineEntry:
     reason: str
     detail: str
     replayed_ns: int | None
+    times: int
+    last_received_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,7 @@ class ReplayResult:
     detail: str = ""
 
 
-_COLUMNS = "id, received_ns, topic, payload, reason, detail, replayed_ns"
+_COLUMNS = "id, received_ns, topic, payload, reason, detail, replayed_ns, times, last_received_ns"
 
 
 class Quarantine:

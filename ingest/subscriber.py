@@ -112,7 +112,7 @@ class MqttSubscriber:
         s = self.settings
         props: Properties | None = None
         if s.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = int(s.session_expiry.total_seconds())
             props.ReceiveMaximum = s.receive_maximum
         self._client.connect_async(
@@ -192,7 +192,7 @@ class MqttSubscriber:
         except UnicodeDecodeError:
             topic = repr(msg.info)  # the broker should refuse such topics; keep the message
         token = _Token(self._generation, msg.mid, msg.qos)
-        self._queue.put(InboundMessage(topic, msg.payload, time.time_ns(), token))
+        self._queue.put(InboundMessage(topic, bytes(msg.payload), time.time_ns(), token))
         self.metrics.messages_received.inc()
 
     # MessageSource

@@ -174,8 +174,8 @@ def simulate(
 ) -> None:
     """Publish realistic readings for the registry's bridges and classrooms."""
     from devices.publisher import publish
-    from devices.simulator import Simulator
 
+    from devices.simulator import Simulator
     from devices.topics import TopicScheme
 
     settings = load_settings(config_path)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 from devices.publisher import publish
-from devices.simulator import Simulator
 
 from devices.registry import Registry, load_registry
+from devices.simulator import Simulator
 from devices.topics import TopicScheme
 from stadtpuls.broker import free_port, start_embedded_broker
 from stadtpuls.service import Service

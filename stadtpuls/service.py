@@ -5,7 +5,11 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry
@@ -14,6 +18,7 @@ from ingest.anomaly import LimitCheck
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
 from ingest.stores.base import Store
+from ingest.stores.influx import InfluxSettings, InfluxStore, InfluxWriteStats
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from ingest.subscriber import MqttSettings, MqttSubscriber
@@ -42,8 +47,6 @@ def build_store(settings: Settings, registry: Registry) -> Store:
     local = SqliteSettings(settings.database_path, synchronous=settings.store.sqlite_synchronous)
     if settings.store.backend == "sqlite":
         return SqliteStore(local, registry.series)
-    from ingest.stores.influx import InfluxSettings, InfluxStore
-
     token = settings.influxdb.token
     assert token is not None  # the settings refuse an influxdb backend without a token
     influx = InfluxSettings(
@@ -77,6 +80,32 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
     )
 
 
+class _InfluxCollector(Collector):
+    """Exposes the InfluxDB drain's counters, which its thread keeps as plain integers."""
+
+    def __init__(self, stats: InfluxWriteStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield CounterMetricFamily(
+            "stadtpuls_influx_points_written", "points accepted by InfluxDB", s.points_written
+        )
+        yield CounterMetricFamily(
+            "stadtpuls_influx_write_retries", "InfluxDB writes retried", s.write_retries
+        )
+        yield CounterMetricFamily(
+            "stadtpuls_influx_points_quarantined",
+            "points InfluxDB refused (400/422), quarantined",
+            s.points_quarantined,
+        )
+        yield GaugeMetricFamily(
+            "stadtpuls_influx_write_failing",
+            "1 while the latest InfluxDB write failed",
+            1 if s.last_write_error else 0,
+        )
+
+
 @dataclass
 class ServiceStatus:
     received: int
@@ -107,6 +136,9 @@ class Service:
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        stats = getattr(self.store, "stats", None)
+        if isinstance(stats, InfluxWriteStats):
+            self.metrics.registry.register(_InfluxCollector(stats))
         app = build_app(self.readiness, self.metrics.registry, self._refresh_gauges)
         self.http = HttpServer(app, settings.http.host, settings.http.port)
 

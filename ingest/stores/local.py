@@ -8,6 +8,7 @@ records become durable together, and only then are the MQTT messages acknowledge
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -39,7 +40,10 @@ CREATE TABLE IF NOT EXISTS quarantine (
     payload BLOB NOT NULL,
     reason TEXT NOT NULL,
     detail TEXT NOT NULL,
-    replayed_ns INTEGER
+    replayed_ns INTEGER,
+    digest BLOB NOT NULL UNIQUE,
+    times INTEGER NOT NULL DEFAULT 1,
+    last_received_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
 """
@@ -125,11 +129,28 @@ class LocalDatabase:
 
     @staticmethod
     def add_rejections(cur: sqlite3.Cursor, rejected: Sequence[Rejection]) -> None:
+        """Quarantine messages; the same message again (a redelivery, or a device repeating
+        itself) raises the entry's count instead of adding a row, as readings overwrite."""
         if rejected:
             cur.executemany(
-                "INSERT INTO quarantine (received_ns, topic, payload, reason, detail) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(r.received_ns, r.topic, r.payload, r.reason, r.detail) for r in rejected],
+                "INSERT INTO quarantine (received_ns, last_received_ns, topic, payload, reason, "
+                "detail, digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE "
+                "SET times = times + 1, last_received_ns = excluded.last_received_ns, "
+                "reason = excluded.reason, detail = excluded.detail",
+                [
+                    (
+                        r.received_ns,
+                        r.received_ns,
+                        r.topic,
+                        r.payload,
+                        r.reason,
+                        r.detail,
+                        hashlib.sha256(
+                            r.topic.encode("utf-8", "surrogatepass") + b"\0" + r.payload
+                        ).digest(),
+                    )
+                    for r in rejected
+                ],
             )
 
     def reading_rows(self, batch: ReadingBatch) -> zip[tuple[int, int, float, int, float]]:

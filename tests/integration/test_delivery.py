@@ -85,7 +85,7 @@ def count_strain(db: Path) -> int:
 
 def assert_exactly_once(db: Path, load: Load, acked: list[int]) -> None:
     rows = stored_strain(db)
-    stored = {ts: value for ts, value in rows}
+    stored = dict(rows)
     assert len(stored) == len(rows)  # one row per reading key
     expected = {reading(load.base_ms, seq).ts_ns: reading(load.base_ms, seq).value for seq in acked}
     missing = sorted(set(expected) - set(stored))

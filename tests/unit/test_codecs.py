@@ -99,48 +99,102 @@ BAD_INPUTS = [
     pytest.param(BRIDGE, b'[{"n":"g1/strain","v":NaN}]', RejectReason.NOT_FINITE, id="nan"),
     pytest.param(BRIDGE, b'[{"n":"g1/strain","v":Infinity}]', RejectReason.NOT_FINITE, id="inf"),
     pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1e309}]', RejectReason.NOT_FINITE, id="1e309"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":' + b"9" * 3000 + b"}]", RejectReason.NOT_FINITE,
-                 id="huge-int"),
+    pytest.param(
+        BRIDGE,
+        b'[{"n":"g1/strain","v":' + b"9" * 3000 + b"}]",
+        RejectReason.NOT_FINITE,
+        id="huge-int",
+    ),
     pytest.param(BRIDGE, b'[{"n":"g1/strain","v":7000}]', RejectReason.OUT_OF_RANGE, id="range"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1,"x":2}]', RejectReason.UNKNOWN_FIELD,
-                 id="unknown-field"),
-    pytest.param(BRIDGE, b'[{"n":"g9/strain","v":1}]', RejectReason.UNKNOWN_MEASUREMENT,
-                 id="unknown-channel"),
-    pytest.param(BRIDGE, b'[{"n":"g1/co2","v":1}]', RejectReason.UNKNOWN_MEASUREMENT,
-                 id="unknown-measurement"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","u":"psi","v":1}]', RejectReason.UNKNOWN_UNIT,
-                 id="unknown-unit"),
-    pytest.param(BRIDGE, b'[{"bn":"sg2/","n":"g1/strain","v":1}]', RejectReason.IDENTITY_MISMATCH,
-                 id="other-device-bn"),
-    pytest.param(BRIDGE, b'{"device":"sg2","t0":1.78e9,"dt":1,"series":{"g1/strain":[1]}}',
-                 RejectReason.IDENTITY_MISMATCH, id="other-device-block"),
-    pytest.param("stadtpuls/bridge/b9/sg1", b'[{"n":"g1/strain","v":1}]',
-                 RejectReason.UNKNOWN_SITE, id="unknown-site"),
-    pytest.param("stadtpuls/bridge/b1/sg9", b'[{"n":"g1/strain","v":1}]',
-                 RejectReason.UNKNOWN_DEVICE, id="unknown-device"),
-    pytest.param("stadtpuls/school/b1/sg1", b'[{"n":"g1/strain","v":1}]',
-                 RejectReason.BAD_TOPIC, id="kind-mismatch"),
+    pytest.param(
+        BRIDGE, b'[{"n":"g1/strain","v":1,"x":2}]', RejectReason.UNKNOWN_FIELD, id="unknown-field"
+    ),
+    pytest.param(
+        BRIDGE, b'[{"n":"g9/strain","v":1}]', RejectReason.UNKNOWN_MEASUREMENT, id="unknown-channel"
+    ),
+    pytest.param(
+        BRIDGE,
+        b'[{"n":"g1/co2","v":1}]',
+        RejectReason.UNKNOWN_MEASUREMENT,
+        id="unknown-measurement",
+    ),
+    pytest.param(
+        BRIDGE, b'[{"n":"g1/strain","u":"psi","v":1}]', RejectReason.UNKNOWN_UNIT, id="unknown-unit"
+    ),
+    pytest.param(
+        BRIDGE,
+        b'[{"bn":"sg2/","n":"g1/strain","v":1}]',
+        RejectReason.IDENTITY_MISMATCH,
+        id="other-device-bn",
+    ),
+    pytest.param(
+        BRIDGE,
+        b'{"device":"sg2","t0":1.78e9,"dt":1,"series":{"g1/strain":[1]}}',
+        RejectReason.IDENTITY_MISMATCH,
+        id="other-device-block",
+    ),
+    pytest.param(
+        "stadtpuls/bridge/b9/sg1",
+        b'[{"n":"g1/strain","v":1}]',
+        RejectReason.UNKNOWN_SITE,
+        id="unknown-site",
+    ),
+    pytest.param(
+        "stadtpuls/bridge/b1/sg9",
+        b'[{"n":"g1/strain","v":1}]',
+        RejectReason.UNKNOWN_DEVICE,
+        id="unknown-device",
+    ),
+    pytest.param(
+        "stadtpuls/school/b1/sg1",
+        b'[{"n":"g1/strain","v":1}]',
+        RejectReason.BAD_TOPIC,
+        id="kind-mismatch",
+    ),
     pytest.param("stadtpuls/bridge/b1/sg1/extra", b"[]", RejectReason.BAD_TOPIC, id="deep-topic"),
     pytest.param("stadtpuls/bridge/b1/s g,1=x", b"[]", RejectReason.BAD_TOPIC, id="id-chars"),
     pytest.param("stadtpuls/bridge/b1/sg1\u200b", b"[]", RejectReason.BAD_TOPIC, id="zero-width"),
     pytest.param("stadtpuls/bridge/B1/sg1", b"[]", RejectReason.BAD_TOPIC, id="uppercase"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1,"t":1780009000}]',
-                 RejectReason.FUTURE_TIMESTAMP, id="future"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1,"t":1780000000000}]',
-                 RejectReason.FUTURE_TIMESTAMP, id="milliseconds"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1,"t":1500000000}]', RejectReason.TOO_OLD,
-                 id="too-old"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1,"t":-9e18}]', RejectReason.TOO_OLD,
-                 id="before-1677"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1,"t":9.3e9}]', RejectReason.FUTURE_TIMESTAMP,
-                 id="after-2262"),
+    pytest.param(
+        BRIDGE,
+        b'[{"n":"g1/strain","v":1,"t":1780009000}]',
+        RejectReason.FUTURE_TIMESTAMP,
+        id="future",
+    ),
+    pytest.param(
+        BRIDGE,
+        b'[{"n":"g1/strain","v":1,"t":1780000000000}]',
+        RejectReason.FUTURE_TIMESTAMP,
+        id="milliseconds",
+    ),
+    pytest.param(
+        BRIDGE, b'[{"n":"g1/strain","v":1,"t":1500000000}]', RejectReason.TOO_OLD, id="too-old"
+    ),
+    pytest.param(
+        BRIDGE, b'[{"n":"g1/strain","v":1,"t":-9e18}]', RejectReason.TOO_OLD, id="before-1677"
+    ),
+    pytest.param(
+        BRIDGE,
+        b'[{"n":"g1/strain","v":1,"t":9.3e9}]',
+        RejectReason.FUTURE_TIMESTAMP,
+        id="after-2262",
+    ),
     pytest.param(BRIDGE, b"[" * 300 + b"]" * 300, RejectReason.TOO_DEEP, id="deep"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","v":1}' + b',{"n":"g1/strain","v":1}' * 2000 + b"]",
-                 RejectReason.OVERSIZED, id="oversized"),
-    pytest.param(BRIDGE, b'{"t0":1.78e9,"dt":0.01,"series":{"g1/strain":[' + b"1," * 3000
-                 + b"1]}}", RejectReason.OVERSIZED, id="big-array"),
-    pytest.param(BRIDGE, b'[{"n":"g1/strain","vs":"on"}]', RejectReason.UNSUPPORTED,
-                 id="string-value"),
+    pytest.param(
+        BRIDGE,
+        b'[{"n":"g1/strain","v":1}' + b',{"n":"g1/strain","v":1}' * 2000 + b"]",
+        RejectReason.OVERSIZED,
+        id="oversized",
+    ),
+    pytest.param(
+        BRIDGE,
+        b'{"t0":1.78e9,"dt":0.01,"series":{"g1/strain":[' + b"1," * 3000 + b"1]}}",
+        RejectReason.OVERSIZED,
+        id="big-array",
+    ),
+    pytest.param(
+        BRIDGE, b'[{"n":"g1/strain","vs":"on"}]', RejectReason.UNSUPPORTED, id="string-value"
+    ),
     pytest.param(BRIDGE, b'[{"n":"g1/strain"}]', RejectReason.WRONG_TYPE, id="no-value"),
 ]
 

@@ -29,17 +29,31 @@ def test_series_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "needle"),
     [
-        ("sites:\n  b1:\n    kind: bridge\n    name: x\n    devices:\n      d1:\n"
-         "        channels:\n          g1: [strian]\n", 2, "'strian' is not a bridge measurement"),
+        (
+            "sites:\n  b1:\n    kind: bridge\n    name: x\n    devices:\n      d1:\n"
+            "        channels:\n          g1: [strian]\n",
+            2,
+            "'strian' is not a bridge measurement",
+        ),
         ("sites:\n  b1:\n    kind: brige\n    name: x\n    devices: {}\n", 3, "sites.b1.kind"),
         ("sites:\n  B1:\n    kind: bridge\n    name: x\n    devices: {}\n", 2, "sites.B1"),
-        ("sites:\n  b1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
-         "        interval: soon\n        measurements: [co2]\n", 7, "not a duration"),
-        ("sites:\n  b1:\n    kind: school\n    name: x\n    colour: red\n    devices: {}\n", 5,
-         "sites.b1.colour: Extra inputs"),
-        ("sites:\n  s1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
-         "        measurements: [co2]\n        overrides:\n          co2: {max: 20000}\n", 2,
-         "must lie inside the physical range"),
+        (
+            "sites:\n  b1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
+            "        interval: soon\n        measurements: [co2]\n",
+            7,
+            "not a duration",
+        ),
+        (
+            "sites:\n  b1:\n    kind: school\n    name: x\n    colour: red\n    devices: {}\n",
+            5,
+            "sites.b1.colour: Extra inputs",
+        ),
+        (
+            "sites:\n  s1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
+            "        measurements: [co2]\n        overrides:\n          co2: {max: 20000}\n",
+            2,
+            "must lie inside the physical range",
+        ),
         ("sites: [\n", 2, "not valid YAML"),
     ],
 )
@@ -49,4 +63,3 @@ def test_errors_name_file_line_and_key(text: str, line: int, needle: str) -> Non
     message = str(info.value)
     assert message.startswith(f"reg.yaml:{line}:"), message
     assert needle in message
-

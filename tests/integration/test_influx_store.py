@@ -1,0 +1,422 @@
+"""``InfluxStore``: the journal, the drain, retries and the split of refused batches.
+
+The write path runs against a real VictoriaMetrics process, which accepts the requests
+influxdb-client sends to ``/api/v2/write``. The refusal and retry paths run against a small
+stand-in server (see ``InfluxStandIn`` for why).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pytest
+
+from devices.registry import Registry, parse_registry
+from ingest.batch import ReadingBatch, Rejection
+from ingest.stores.influx import InfluxSettings, InfluxStore, RetrySettings
+from ingest.stores.lineprotocol import reading_line, reading_prefix
+from ingest.stores.local import SqliteSettings
+from tests.support.victoria import VictoriaMetrics
+from tests.support.waiting import wait_until
+
+REGISTRY_YAML = """
+sites:
+  b1:
+    kind: bridge
+    name: B1
+    devices:
+      sg1:
+        interval: 1s
+        channels: {g1: [strain]}
+        measurements: [temperature]
+"""
+
+# Whole milliseconds: VictoriaMetrics keeps timestamps in ms and cuts off the rest.
+T0_NS = 1_700_000_000_000 * 1_000_000
+FAST_RETRY = RetrySettings(initial=timedelta(milliseconds=10), maximum=timedelta(milliseconds=50))
+DRAIN_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return parse_registry(REGISTRY_YAML)
+
+
+def _index(registry: Registry, channel: str, measurement: str) -> int:
+    (series,) = (
+        s for s in registry.series if s.key.channel == channel and s.key.measurement == measurement
+    )
+    return series.index
+
+
+def readings(registry: Registry, start: int, count: int) -> ReadingBatch:
+    """``count`` strain and ``count`` temperature readings, one per second from ``start``.
+
+    Values, flags and scores differ per reading, and are exact in binary and decimal, so
+    a stored value can be compared with ``==``.
+    """
+    strain = _index(registry, "g1", "strain")
+    temperature = _index(registry, "", "temperature")
+    seconds = np.arange(start, start + count, dtype=np.int64)
+    ts = T0_NS + seconds * 1_000_000_000
+    return ReadingBatch(
+        series=np.concatenate([np.full(count, strain), np.full(count, temperature)]).astype(
+            np.int32
+        ),
+        ts_ns=np.concatenate([ts, ts]),
+        values=np.concatenate([100.25 + seconds, -3.5 + seconds / 4]).astype(np.float64),
+        flags=np.concatenate([seconds % 4, np.zeros(count)]).astype(np.int32),
+        scores=np.concatenate([(seconds % 8) / 8, np.zeros(count)]).astype(np.float32),
+    )
+
+
+def influx_settings(url: str, **overrides: Any) -> InfluxSettings:
+    defaults: dict[str, Any] = {"retry": FAST_RETRY, "timeout": timedelta(seconds=5)}
+    return InfluxSettings(
+        url=url, org="stadtpuls", bucket="stadtpuls", token="unused", **(defaults | overrides)
+    )
+
+
+def quarantine(store: InfluxStore) -> list[tuple[str, bytes, str, str]]:
+    conn = store.db.connect()
+    try:
+        return [
+            (topic, bytes(payload), reason, detail)
+            for topic, payload, reason, detail in conn.execute(
+                "SELECT topic, payload, reason, detail FROM quarantine ORDER BY id"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def drained(store: InfluxStore) -> None:
+    wait_until(lambda: store.journal_depth() == 0, DRAIN_TIMEOUT_S, "the journal to drain")
+
+
+# -- against VictoriaMetrics -------------------------------------------------------------
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    vm = VictoriaMetrics(tmp_path / "vm")
+    vm.start()
+    try:
+        yield vm
+    finally:
+        vm.stop()
+
+
+@pytest.fixture
+def store(victoria: VictoriaMetrics, tmp_path: Path, registry: Registry) -> Iterator[InfluxStore]:
+    s = InfluxStore(
+        influx_settings(victoria.url), SqliteSettings(tmp_path / "journal.db"), registry.series
+    )
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def stored(vm: VictoriaMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[Any]]:
+    """``(name, labels) -> [(ts_ms, value), ...]`` of everything at site b1."""
+    out = {}
+    for item in vm.export('{site="b1"}'):
+        labels = dict(item["metric"])
+        name = labels.pop("__name__")
+        out[(name, tuple(sorted(labels.items())))] = sorted(
+            zip(item["timestamps"], item["values"], strict=True)
+        )
+    return out
+
+
+def expected(batch: ReadingBatch, registry: Registry) -> dict[Any, list[Any]]:
+    out: dict[Any, list[Any]] = {}
+    for i in range(len(batch)):
+        s = registry.series[int(batch.series[i])]
+        labels = {"kind": str(s.kind), "site": s.key.site, "device": s.key.device}
+        if s.key.channel:
+            labels["channel"] = s.key.channel
+        key = tuple(sorted(labels.items()))
+        ts_ms = int(batch.ts_ns[i]) // 1_000_000
+        for field, value in (
+            ("value", float(batch.values[i])),
+            ("anomaly", float(batch.flags[i])),
+            ("score", float(batch.scores[i])),
+        ):
+            out.setdefault((f"{s.key.measurement}_{field}", key), []).append((ts_ms, value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def concat(batches: Sequence[ReadingBatch]) -> ReadingBatch:
+    return ReadingBatch(
+        series=np.concatenate([b.series for b in batches]),
+        ts_ns=np.concatenate([b.ts_ns for b in batches]),
+        values=np.concatenate([b.values for b in batches]),
+        flags=np.concatenate([b.flags for b in batches]),
+        scores=np.concatenate([b.scores for b in batches]),
+    )
+
+
+@pytest.mark.integration
+def test_committed_readings_arrive_with_exact_values_timestamps_and_labels(
+    store: InfluxStore, victoria: VictoriaMetrics, registry: Registry
+) -> None:
+    batch = readings(registry, 0, 50)
+    store.start()
+    store.commit(batch, [])
+    drained(store)
+
+    assert stored(victoria) == expected(batch, registry)
+    assert store.stats.points_written == len(batch)
+    assert store.stats.last_write_error is None
+
+
+@pytest.mark.integration
+def test_database_outage_grows_the_journal_and_every_reading_arrives_once(
+    store: InfluxStore, victoria: VictoriaMetrics, registry: Registry
+) -> None:
+    """VictoriaMetrics deduplicates a re-sent point, so the export alone cannot show that
+    nothing was sent twice; ``points_written`` counting every reading once does."""
+    before = readings(registry, 0, 20)
+    store.start()
+    store.commit(before, [])
+    drained(store)
+
+    victoria.stop()
+    during = [readings(registry, 20 + 30 * k, 30) for k in range(4)]
+    for k, batch in enumerate(during, start=1):
+        store.commit(batch, [])  # the durable commit does not wait for the database
+        assert store.journal_depth() == 60 * k
+    wait_until(lambda: store.stats.write_retries >= 2, DRAIN_TIMEOUT_S, "write retries")
+    assert store.stats.last_write_error is not None
+    assert store.journal_depth() == 240
+
+    victoria.start()
+    drained(store)
+
+    everything = concat([before, *during])
+    assert stored(victoria) == expected(everything, registry)
+    assert store.stats.points_written == len(everything)
+    assert store.stats.points_quarantined == 0
+    assert store.stats.last_write_error is None
+
+
+@pytest.mark.integration
+def test_journal_survives_a_restart_of_the_store(
+    victoria: VictoriaMetrics, tmp_path: Path, registry: Registry
+) -> None:
+    """Rows committed but never drained are sent by the next process on the same file."""
+    settings = influx_settings(victoria.url)
+    local = SqliteSettings(tmp_path / "journal.db")
+    batch = readings(registry, 0, 25)
+    first = InfluxStore(settings, local, registry.series)
+    first.commit(batch, [])  # never started: the rows stay in the journal
+    first.close()
+
+    second = InfluxStore(settings, local, registry.series)
+    try:
+        assert second.journal_depth() == len(batch)
+        second.start()
+        drained(second)
+    finally:
+        second.close()
+    assert stored(victoria) == expected(batch, registry)
+
+
+# -- against a stand-in for refusals and throttling --------------------------------------
+
+MARKER = "value=-12345.5"
+REFUSAL_MESSAGE = "failure writing points to database: partial write: field type conflict"
+
+
+class InfluxStandIn:
+    """A minimal ``/api/v2/write`` on a free loopback port.
+
+    VictoriaMetrics cannot play these parts: it answers 204 to lines it cannot use, and
+    never 422 or 429. This server refuses, as InfluxDB refuses a field type conflict, every
+    request holding a line with ``MARKER`` (400 for a batch, 422 for the line alone), and
+    answers the queued ``failures`` (status, headers) to the first requests. It stores the
+    lines of accepted requests only, so a line sent twice shows up twice.
+    """
+
+    def __init__(self, failures: Sequence[tuple[int, dict[str, str]]] = ()) -> None:
+        self.accepted: list[str] = []
+        self.statuses: list[int] = []
+        self.times: list[float] = []
+        self._failures = list(failures)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def respond(self, path: str, body: str) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            self.times.append(time.monotonic())
+            status, headers, payload = self._decide(path, body)
+            self.statuses.append(status)
+            return status, headers, payload
+
+    def _decide(self, path: str, body: str) -> tuple[int, dict[str, str], bytes]:
+        if not path.startswith("/api/v2/write?"):
+            return 404, {}, b""
+        if self._failures:
+            status, headers = self._failures.pop(0)
+            return status, headers, json.dumps({"code": "x", "message": "try later"}).encode()
+        lines = body.split("\n")
+        if any(MARKER in line for line in lines):
+            status = 422 if len(lines) == 1 else 400
+            return status, {}, json.dumps({"code": "invalid", "message": REFUSAL_MESSAGE}).encode()
+        self.accepted.extend(lines)
+        return 204, {}, b""
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status, headers, payload = stand_in.respond(self.path, body.decode())
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Keep the test output to what failed."""
+
+        return Handler
+
+
+def lines_of(batch: ReadingBatch, registry: Registry) -> list[str]:
+    """The lines the store is expected to send for ``batch``."""
+    out = []
+    for i in range(len(batch)):
+        s = registry.series[int(batch.series[i])]
+        prefix = reading_prefix(
+            str(s.kind), s.key.site, s.key.device, s.key.channel, s.key.measurement
+        )
+        out.append(
+            reading_line(
+                prefix,
+                int(batch.ts_ns[i]),
+                float(batch.values[i]),
+                int(batch.flags[i]),
+                float(batch.scores[i]),
+            )
+        )
+    return out
+
+
+@pytest.mark.integration
+def test_throttling_and_server_errors_are_retried_and_refused_points_quarantined(
+    tmp_path: Path, registry: Registry
+) -> None:
+    failures = [(503, {}), (503, {}), (429, {"Retry-After": "1"}), (500, {})]
+    with InfluxStandIn(failures) as server:
+        store = InfluxStore(
+            influx_settings(server.url, chunk_size=64),
+            SqliteSettings(tmp_path / "journal.db"),
+            registry.series,
+        )
+        try:
+            batch = readings(registry, 0, 100)
+            bad = [3, 77, 150]  # two strain readings and one temperature reading
+            batch.values[bad] = -12345.5
+            lines = lines_of(batch, registry)
+            rejected = [Rejection("stadtpuls/bridge/b1/sg1", b"{", "not_json", "x", 1)]
+            store.start()
+            store.commit(batch, rejected)
+            drained(store)
+
+            good = [line for i, line in enumerate(lines) if i not in bad]
+            assert Counter(server.accepted) == Counter(good)
+            assert max(Counter(server.accepted).values()) == 1
+
+            records = quarantine(store)
+            assert records[0][2] == "not_json"  # the batch's own rejection, committed with it
+            refused = records[1:]
+            assert sorted(r[1].decode() for r in refused) == sorted(lines[i] for i in bad)
+            assert {r[0] for r in refused} == {"influxdb/strain", "influxdb/temperature"}
+            assert all(r[2] == "store_rejected" for r in refused)
+            assert all(r[3] == f"422 {REFUSAL_MESSAGE}" for r in refused)
+
+            assert server.statuses[:4] == [503, 503, 429, 500]
+            assert store.stats.write_retries == 4
+            assert store.stats.points_quarantined == 3
+            assert store.stats.points_written == len(good)
+            assert store.stats.last_write_error is None
+            # Backoff here is at most 50 ms, so a full second can only be Retry-After.
+            assert server.times[3] - server.times[2] >= 1.0
+        finally:
+            store.close()
+
+
+@pytest.mark.integration
+def test_stop_interrupts_a_long_backoff_and_loses_nothing(
+    tmp_path: Path, registry: Registry
+) -> None:
+    with InfluxStandIn([(429, {"Retry-After": "3600"})]) as server:
+        settings = influx_settings(server.url)
+        local = SqliteSettings(tmp_path / "journal.db")
+        batch = readings(registry, 0, 10)
+        store = InfluxStore(settings, local, registry.series)
+        try:
+            store.start()
+            store.commit(batch, [])
+            wait_until(lambda: server.statuses == [429], DRAIN_TIMEOUT_S, "the throttled write")
+            started = time.monotonic()
+            store.stop()
+            assert time.monotonic() - started < 5.0
+            assert store.journal_depth() == len(batch)
+
+            store.start()  # the server accepts now; the same rows go out once
+            drained(store)
+            assert Counter(server.accepted) == Counter(lines_of(batch, registry))
+            assert server.statuses == [429, 204]
+        finally:
+            store.close()
+
+
+def test_backoff_stays_under_its_exponential_ceiling() -> None:
+    retry = RetrySettings(
+        initial=timedelta(seconds=0.2), maximum=timedelta(seconds=30), multiplier=2
+    )
+    rng = random.Random(7)
+    for attempt in range(200):
+        ceiling = min(30.0, 0.2 * 2**attempt)
+        delays = [retry.delay(attempt, rng).total_seconds() for _ in range(20)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+    assert max(retry.delay(500, rng) for _ in range(200)) > timedelta(seconds=20)
