@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -16,7 +16,7 @@ from devices.registry import Registry
 from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
+from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, Pipeline
 from ingest.stores.base import Store
 from ingest.stores.influx import InfluxSettings, InfluxStore, InfluxWriteStats
 from ingest.stores.local import SqliteSettings
@@ -116,13 +116,19 @@ class ServiceStatus:
 
 
 class Service:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, listeners: Sequence[BatchListener] = ()
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = IngestMetrics()
         self.store = build_store(settings, registry)
         self.pipeline = Pipeline(
-            build_decoder(settings, registry), LimitCheck(registry.series), self.store, self.metrics
+            build_decoder(settings, registry),
+            LimitCheck(registry.series),
+            self.store,
+            self.metrics,
+            listeners,
         )
         self.subscriber = MqttSubscriber(
             mqtt_settings(settings),
