@@ -86,7 +86,7 @@ def main() -> None:
         info = client.publish(t, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             with done:  # too many unacknowledged: wait for PUBACKs, then send it again
-                done.wait_for(lambda: seq - acked[0] < 1000, timeout=5)
+                done.wait_for(lambda sent=seq: sent - acked[0] < 1000, timeout=5)
             continue
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise SystemExit(f"publish failed: {mqtt.error_string(info.rc)}")

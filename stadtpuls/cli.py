@@ -174,7 +174,6 @@ def simulate(
 ) -> None:
     """Publish realistic readings for the registry's bridges and classrooms."""
     from devices.publisher import publish
-
     from devices.simulator import Simulator
     from devices.topics import TopicScheme
 

@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from devices.publisher import publish
 
+from devices.publisher import publish
 from devices.registry import Registry, load_registry
 from devices.simulator import Simulator
 from devices.topics import TopicScheme
