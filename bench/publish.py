@@ -85,8 +85,9 @@ def main() -> None:
             t, payload = block(seq, args.base_s)
         info = client.publish(t, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            sent = seq
             with done:  # too many unacknowledged: wait for PUBACKs, then send it again
-                done.wait_for(lambda sent=seq: sent - acked[0] < 1000, timeout=5)
+                done.wait_for(lambda: sent - acked[0] < 1000, timeout=5)  # noqa: B023
             continue
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise SystemExit(f"publish failed: {mqtt.error_string(info.rc)}")
