@@ -12,6 +12,7 @@ The loop in ``IngestLoop.run`` is the one catch-all of the service.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -143,23 +144,56 @@ class BatchSettings:
 
 
 class IngestLoop:
-    """Takes batches from the source, commits them, then acknowledges them."""
+    """Takes batches from the source, commits them, then acknowledges them.
+
+    Decoding runs on this loop's thread and the commit on a second one, one batch apart:
+    SQLite releases the GIL while it writes, so the next batch is decoded meanwhile on the
+    other core. A single committer keeps commits and acknowledgements in arrival order.
+    """
 
     def __init__(self, source: MessageSource, pipeline: Pipeline, settings: BatchSettings) -> None:
         self.source = source
         self.pipeline = pipeline
         self.settings = settings
         self.batches = 0
+        self._handoff: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            messages = self.source.take(self.settings.max_messages, self.settings.max_wait)
-            if not messages:
+        committer = threading.Thread(
+            target=self._commit_loop, args=(stop,), name="ingest-commit", daemon=True
+        )
+        committer.start()
+        try:
+            while not stop.is_set() and committer.is_alive():
+                messages = self.source.take(self.settings.max_messages, self.settings.max_wait)
+                if messages:
+                    self._hand_over(self.pipeline.prepare(messages), stop, committer)
+        finally:
+            self._hand_over(None, stop, committer)
+            committer.join()
+
+    def _hand_over(
+        self, item: PreparedBatch | None, stop: threading.Event, committer: threading.Thread
+    ) -> None:
+        # Bounded: while the committer is busy (a slow disk, a retried commit) the loop
+        # stops taking messages, and the broker holds the rest.
+        while committer.is_alive():
+            try:
+                self._handoff.put(item, timeout=0.1)
+            except queue.Full:
+                if stop.is_set() and item is not None:
+                    return  # stopping: unacknowledged messages are redelivered
                 continue
-            prepared = self.pipeline.prepare(messages)
+            return
+
+    def _commit_loop(self, stop: threading.Event) -> None:
+        while True:
+            prepared = self._handoff.get()
+            if prepared is None:
+                return
             if not self._commit(prepared, stop):
                 return  # stopping: the broker redelivers what was not acknowledged
-            self.source.ack(messages)
+            self.source.ack(prepared.messages)
             self.batches += 1
             self.pipeline.notify(prepared)
 

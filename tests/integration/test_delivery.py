@@ -119,3 +119,14 @@ def test_broker_restart_mid_stream_loses_nothing(
     wait_until(lambda: count_strain(service.db) >= len(acked), 60, "every acked reading stored")
     assert_exactly_once(service.db, load, acked)
     assert service.metric("stadtpuls_broker_connected") == 1
+
+
+def test_readiness_follows_the_broker(broker: MosquittoBroker, service: ServiceProcess) -> None:
+    assert service.ready()
+    broker.kill()
+    wait_until(lambda: not service.ready(), 30, "/readyz to report the broker gone")
+    assert service.metric("stadtpuls_broker_connected") == 0
+    broker.start()
+    wait_until(service.ready, 60, "/readyz to recover after the broker is back")
+    # Killed before it could save its sessions, the broker forgot ours: subscribed again.
+    assert service.metric("stadtpuls_resubscribes_total") == 2

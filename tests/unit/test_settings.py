@@ -1,0 +1,69 @@
+"""Settings: file, environment overrides, secrets, and errors that say where."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from stadtpuls.settings import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stadtpuls.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_file_values_and_relative_paths(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path,
+        "registry: reg.yaml\ndata_dir: data\nmqtt: {host: broker.local, port: 8883}\n"
+        "batch: {max_messages: 100, max_wait: 0.25}\n",
+    )
+    s = load_settings(cfg)
+    assert s.registry == tmp_path / "reg.yaml"
+    assert s.database_path == tmp_path / "data" / "stadtpuls.db"
+    assert (s.mqtt.host, s.mqtt.port) == ("broker.local", 8883)
+    assert s.batch.max_wait == timedelta(milliseconds=250)
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write(tmp_path, "mqtt: {host: from-file, port: 1884}\n")
+    monkeypatch.setenv("STADTPULS_MQTT__HOST", "from-env")
+    s = load_settings(cfg)
+    assert (s.mqtt.host, s.mqtt.port) == ("from-env", 1884)
+
+
+def test_secret_from_file_never_in_repr(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cr3t-value\n")
+    s = load_settings(write(tmp_path, "mqtt: {username: svc, password_file: pw}\n"))
+    assert s.mqtt.password is not None
+    assert s.mqtt.password.get_secret_value() == "s3cr3t-value"
+    assert "s3cr3t" not in repr(s)
+    assert "s3cr3t" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize("secret", ["", "changeme", "password", "  "])
+def test_placeholder_secret_refuses_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    monkeypatch.setenv("STADTPULS_MQTT__PASSWORD", secret)
+    with pytest.raises(ConfigError, match="placeholder"):
+        load_settings(write(tmp_path, "mqtt: {username: svc}\n"))
+
+
+def test_influx_backend_needs_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="STADTPULS_INFLUXDB__TOKEN"):
+        load_settings(write(tmp_path, "store: {backend: influxdb}\n"))
+
+
+def test_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "mqtt: {port: 99999}\nbatch: {max_messages: 0}\ncolour: red\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    message = str(info.value)
+    assert f"{cfg}: mqtt.port:" in message
+    assert f"{cfg}: batch.max_messages:" in message
+    assert f"{cfg}: colour:" in message
