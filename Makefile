@@ -1,10 +1,12 @@
 # The targets are the commands CI runs. `make test` is what .ci/run calls.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# Resolved when used, so a uv that the `uv` target just installed is found; pip may put it
+# outside PATH, and then the module form works.
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics
 
-.PHONY: help uv deps tools sync lint typecheck test test-unit test-integration demo bench clean
+.PHONY: help uv tools sync lint typecheck test test-unit test-integration demo bench clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
@@ -12,9 +14,11 @@ help:
 	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
 
 uv:
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || { \
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || { \
 	  echo "uv is missing: installing it with pip"; \
-	  python3 -m pip install --quiet uv || pip install --quiet uv; }
+	  python3 -m pip install --quiet uv 2>/dev/null \
+	    || python3 -m pip install --quiet --user --break-system-packages uv \
+	    || { echo "could not install uv: install it and retry"; exit 1; }; }
 
 # Debian packages the integration tests run as real processes. Installed when missing and
 # we are root; otherwise we say exactly what to install.

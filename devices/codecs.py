@@ -86,6 +86,9 @@ class Decoded:
     series: list[int] | npt.NDArray[np.int32]
     ts_ns: list[int] | npt.NDArray[np.int64]
     values: list[float] | npt.NDArray[np.float64]
+    # True when some reading has no device time (or a time relative to now) and so was
+    # timed at receipt: a redelivery must reuse that receipt time to keep the key.
+    receipt_timed: bool = False
 
     def __len__(self) -> int:
         return len(self.values)
@@ -255,6 +258,7 @@ class Decoder:
         idx: list[int] = []
         times: list[int] = []
         values: list[float] = []
+        receipt_timed = False
         for i, r in enumerate(records):
             if r.bn is not None:
                 bn = r.bn
@@ -299,6 +303,7 @@ class Decoder:
                 )
             t = bt + (r.t or 0.0)
             if abs(t) < _RELATIVE_TIME_LIMIT:
+                receipt_timed = True
                 ts = received_ns + round(t * 1_000_000) * 1000
             else:
                 _check_plausible(t, f"record {i}")
@@ -307,7 +312,7 @@ class Decoder:
             idx.append(series.index)
             times.append(ts)
             values.append(value)
-        return Decoded(idx, times, values)
+        return Decoded(idx, times, values, receipt_timed)
 
     def _decode_block(self, device: str, by_name: Mapping[str, Series], payload: bytes) -> Decoded:
         try:

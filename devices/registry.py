@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from devices.vocabulary import VOCABULARY, Measurement, SiteKind
 
@@ -23,7 +23,7 @@ from devices.vocabulary import VOCABULARY, Measurement, SiteKind
 # means none of them ever needs escaping and no id can smuggle a wildcard or a separator.
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_RE = re.compile(ID_PATTERN)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -38,12 +38,16 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
     else:
         raise ValueError(f"{value!r} is not a duration: use seconds or a string like '30m'")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+"""A duration given as seconds (``30``, ``"30"``) or with a unit (``500ms``, ``30m``, ``1h``)."""
 
 
 class _Strict(BaseModel):
@@ -64,15 +68,10 @@ class OverrideModel(_Strict):
 
 class DeviceModel(_Strict):
     description: str = ""
-    interval: timedelta = Field(default=timedelta(minutes=30))
+    interval: Duration = Field(default=timedelta(minutes=30))
     measurements: list[str] = Field(default_factory=list)
     channels: dict[Id, list[str]] = Field(default_factory=dict)
     overrides: dict[str, OverrideModel] = Field(default_factory=dict)
-
-    @field_validator("interval", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> timedelta:
-        return parse_duration(value)
 
 
 class LocationModel(_Strict):

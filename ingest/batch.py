@@ -3,6 +3,7 @@ quarantine records and anomaly flags."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntFlag
@@ -41,12 +42,27 @@ class AnomalyFlag(IntFlag):
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
-    """A message as the broker handed it over; ``token`` lets the subscriber acknowledge it."""
+    """A message as the broker handed it over; ``token`` lets the subscriber acknowledge it,
+    ``dup`` is MQTT's flag for a redelivery."""
 
     topic: str
     payload: bytes
     received_ns: int
     token: object = None
+    dup: bool = False
+
+
+def message_digest(topic: str, payload: bytes) -> bytes:
+    """Identifies a message by content, for the quarantine and the receipt times."""
+    return hashlib.sha256(topic.encode("utf-8", "surrogatepass") + b"\0" + payload).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The receipt time given to a message without device time, kept with the commit."""
+
+    digest: bytes
+    received_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@
 
 A bad message is quarantined with its reason and counted; a store that fails is retried
 with jittered backoff while the messages stay unacknowledged, so the broker keeps them.
-The loop in ``IngestLoop.run`` is the one catch-all of the service.
+The catch-alls are two: a decoder bug quarantines its message (``Pipeline.prepare``), and
+a failed commit is retried (``IngestLoop._commit``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Protocol
 
 from devices.codecs import Decoded, Decoder, ReadingRejected
 from ingest.anomaly import AnomalyCheck
-from ingest.batch import InboundMessage, ReadingBatch, Rejection
+from ingest.batch import InboundMessage, ReadingBatch, Receipt, Rejection, message_digest
 from ingest.metrics import IngestMetrics
 from ingest.stores.base import Store
 
@@ -54,6 +55,7 @@ class PreparedBatch:
     messages: Sequence[InboundMessage]
     readings: ReadingBatch
     rejected: list[Rejection]
+    receipts: list[Receipt]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +96,20 @@ class Pipeline:
         """Decode, validate and check a batch; nothing is written yet."""
         parts: list[Decoded] = []
         rejected: list[Rejection] = []
+        receipts: list[Receipt] = []
         decode = self.decoder.decode
         for m in messages:
             try:
-                parts.append(decode(m.topic, m.payload, m.received_ns))
+                received_ns = m.received_ns
+                if m.dup:
+                    # A redelivery of a message timed at receipt keeps its first receipt
+                    # time, so its readings overwrite themselves instead of doubling.
+                    earlier = self.store.receipt_time(message_digest(m.topic, m.payload))
+                    received_ns = received_ns if earlier is None else earlier
+                decoded = decode(m.topic, m.payload, received_ns)
+                parts.append(decoded)
+                if decoded.receipt_timed:
+                    receipts.append(Receipt(message_digest(m.topic, m.payload), received_ns))
             except ReadingRejected as exc:
                 rejected.append(
                     Rejection(m.topic, m.payload, exc.reason.value, exc.detail, m.received_ns)
@@ -109,12 +121,12 @@ class Pipeline:
                 )
         readings = ReadingBatch.concat(parts)
         self.check.check(readings)
-        return PreparedBatch(messages, readings, rejected)
+        return PreparedBatch(messages, readings, rejected, receipts)
 
     def commit(self, prepared: PreparedBatch) -> None:
         """The durable commit; raises if the store failed (nothing of the batch is kept)."""
         started = time.perf_counter()
-        self.store.commit(prepared.readings, prepared.rejected)
+        self.store.commit(prepared.readings, prepared.rejected, prepared.receipts)
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.batch_messages.observe(len(prepared.messages))

@@ -95,6 +95,13 @@ class Quarantine:
     ) -> ReplayResult:
         """Decode the raw message again with the current registry and limits, judged at its
         original receive time; store it if it passes now and mark the entry replayed."""
+        if entry.reason == "store_rejected":
+            return ReplayResult(
+                entry.id,
+                0,
+                entry.reason,
+                "refused by the database, not by validation; fix the point and write it there",
+            )
         try:
             decoded = decoder.decode(entry.topic, entry.payload, entry.received_ns)
         except ReadingRejected as exc:

@@ -199,7 +199,9 @@ class MqttSubscriber:
         except UnicodeDecodeError:
             topic = repr(msg.info)  # the broker should refuse such topics; keep the message
         token = _Token(self._generation, msg.mid, msg.qos)
-        self._queue.put(InboundMessage(topic, bytes(msg.payload), time.time_ns(), token))
+        self._queue.put(
+            InboundMessage(topic, bytes(msg.payload), time.time_ns(), token, bool(msg.dup))
+        )
 
     # MessageSource
 

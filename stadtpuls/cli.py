@@ -116,9 +116,14 @@ def demo(duration: float | None, data_dir: Path, http_port: int, seed: int) -> N
 
 
 def _parse_fault(spec: str, registry: Registry, now_ns: int) -> Any:
-    from devices.simulator import FaultSpec
+    from devices.simulator import FAULT_KINDS, FaultSpec
 
     fields = dict(part.split("=", 1) for part in spec.split(",") if "=" in part)
+    unknown = set(fields) - {"kind", "series", "start", "duration", "magnitude"}
+    if unknown:
+        raise click.BadParameter(f"unknown fault field(s) {', '.join(sorted(unknown))}")
+    if fields.get("kind", "spike") not in FAULT_KINDS:
+        raise click.BadParameter(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
     series_name = fields.get("series")
     index = None
     if series_name is not None:
@@ -130,12 +135,18 @@ def _parse_fault(spec: str, registry: Registry, now_ns: int) -> Any:
         if not matches:
             raise click.BadParameter(f"no series {series_name!r} (site/device/channel/measurement)")
         index = matches[0]
+    try:
+        start_s = float(fields.get("start", "10"))
+        duration_s = float(fields.get("duration", "30"))
+        magnitude = float(fields.get("magnitude", "1"))
+    except ValueError as exc:
+        raise click.BadParameter(f"fault {spec!r}: {exc}") from None
     return FaultSpec(
         kind=fields.get("kind", "spike"),  # type: ignore[arg-type]
         series=index,
-        start_ns=now_ns + int(float(fields.get("start", "10")) * 1e9),
-        duration_ns=int(float(fields.get("duration", "30")) * 1e9),
-        magnitude=float(fields.get("magnitude", "1")),
+        start_ns=now_ns + int(start_s * 1e9),
+        duration_ns=int(duration_s * 1e9),
+        magnitude=magnitude,
     )
 
 
@@ -177,36 +188,45 @@ def simulate(
     from devices.simulator import Simulator
     from devices.topics import TopicScheme
 
-    settings = load_settings(config_path)
     try:
+        settings = load_settings(config_path)
         registry = load_registry(registry_path or settings.registry)
-    except RegistryError as exc:
+    except (ConfigError, RegistryError) as exc:
         _fail(str(exc))
         return
     _logging(settings.log_level)
     now_ns = time.time_ns()
+    if fast and duration is None:
+        _fail("--fast needs --duration: it sends that many seconds of data at once")
+    # Fast mode sends the whole span at once, so the span ends now: readings from the
+    # future would be refused by the service's clock-skew check.
+    start_ns = now_ns - int((duration or 0) * 1e9) if fast else now_ns
     sim = Simulator(
         registry,
         TopicScheme(settings.topic_prefix),
         seed=seed,
-        start_ns=now_ns,
+        start_ns=start_ns,
         bridge_rate_hz=rate,
         bridge_block=block,
         school_interval_s=school_interval,
         per_message=per_message,  # type: ignore[arg-type]
-        faults=[_parse_fault(f, registry, now_ns) for f in faults],
+        faults=[_parse_fault(f, registry, start_ns) for f in faults],
     )
-    end_ns = now_ns + int((duration if duration is not None else 10 * 365 * 86400) * 1e9)
+    end_ns = None if duration is None else start_ns + int(duration * 1e9)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    mqtt = settings.mqtt
     stats = publish(
         sim.messages(end_ns),
-        host=host or settings.mqtt.host,
-        port=port or settings.mqtt.port,
+        host=host or mqtt.host,
+        port=port or mqtt.port,
         client_id=f"stadtpuls-sim-{seed}",
         pace="fast" if fast else "realtime",
         stop=stop,
+        username=mqtt.username,
+        password=None if mqtt.password is None else mqtt.password.get_secret_value(),
+        protocol=mqtt.protocol,
     )
     click.echo(
         f"published {stats.published} messages ({stats.samples} samples) in "
@@ -241,6 +261,11 @@ def export(
     settings, registry = _load(config_path)
     if site not in registry.sites:
         _fail(f"site {site!r} is not in the registry")
+    if settings.store.backend != "sqlite":
+        _fail(
+            "export reads the SQLite store for now; with store.backend influxdb, "
+            "query InfluxDB (see README, 'Storage schema')"
+        )
     query = ReadingQuery(site, _parse_time(start), _parse_time(end), device, measurement)
     store = build_store(settings, registry)
     try:
@@ -297,6 +322,8 @@ def quarantine_list(
                         "reason": e.reason,
                         "detail": e.detail,
                         "size": len(e.payload),
+                        "times": e.times,
+                        "last_received": iso_utc(e.last_received_ns),
                         "replayed": e.replayed_ns is not None,
                     }
                     for e in entries
@@ -306,7 +333,10 @@ def quarantine_list(
         )
         return
     for e in entries:
-        click.echo(f"{e.id:>7}  {iso_utc(e.received_ns)}  {e.reason:<20} {e.topic}  {e.detail}")
+        seen = f" (x{e.times}, last {iso_utc(e.last_received_ns)})" if e.times > 1 else ""
+        click.echo(
+            f"{e.id:>7}  {iso_utc(e.received_ns)}  {e.reason:<20} {e.topic}  {e.detail}{seen}"
+        )
     counts = q.counts()
     click.echo(
         f"{sum(counts.values())} waiting: " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -328,6 +358,7 @@ def quarantine_show(config_path: Path | None, entry_id: int) -> None:
     click.echo(f"topic:    {entry.topic}")
     click.echo(f"reason:   {entry.reason}")
     click.echo(f"detail:   {entry.detail}")
+    click.echo(f"seen:     {entry.times} time(s), last {iso_utc(entry.last_received_ns)}")
     click.echo(f"replayed: {'yes' if entry.replayed_ns else 'no'}")
     click.echo(f"payload ({len(entry.payload)} bytes):")
     try:

@@ -124,13 +124,14 @@ def run_demo(data_dir: Path, duration: float | None, http_port: int, seed: int) 
         )
         publisher = threading.Thread(
             target=publish,
-            args=(sim.messages(time.time_ns() + 10 * 365 * 86400 * 10**9),),
+            args=(sim.messages(None),),
             kwargs={
                 "host": broker.host,
                 "port": broker.port,
                 "client_id": "stadtpuls-demo-sim",
                 "pace": "realtime",
                 "stop": stop,
+                "protocol": broker.mqtt_version,
             },
             name="simulator",
             daemon=True,

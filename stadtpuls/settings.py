@@ -10,11 +10,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from devices.registry import Duration
+from devices.topics import TopicScheme
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token", "xxx", "todo"}
 
@@ -42,12 +54,13 @@ class MqttSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str = Field(default="stadtpuls-ingest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    protocol: Literal["5", "3.1.1"] = "5"
+    # YAML reads an unquoted 5 as a number; the protocol is a name, so take either.
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
-    keepalive: timedelta = timedelta(seconds=30)
-    session_expiry: timedelta = timedelta(days=1)
+    keepalive: Duration = timedelta(seconds=30)
+    session_expiry: Duration = timedelta(days=1)
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -65,7 +78,7 @@ class InfluxSection(_Section):
     bucket: str = "stadtpuls"
     token: SecretStr | None = None
     token_file: Path | None = None
-    timeout: timedelta = timedelta(seconds=10)
+    timeout: Duration = timedelta(seconds=10)
     chunk_size: int = Field(default=5000, ge=1)
 
     @model_validator(mode="after")
@@ -81,15 +94,15 @@ class StoreSection(_Section):
 
 class BatchSection(_Section):
     max_messages: int = Field(default=2000, ge=1)
-    max_wait: timedelta = timedelta(milliseconds=100)
+    max_wait: Duration = timedelta(milliseconds=100)
 
 
 class LimitsSection(_Section):
     max_payload_bytes: int = Field(default=256 * 1024, ge=64)
     max_records: int = Field(default=1000, ge=1)
     max_samples: int = Field(default=10_000, ge=1)
-    max_future_skew: timedelta = timedelta(minutes=5)
-    backfill_horizon: timedelta = timedelta(days=30)
+    max_future_skew: Duration = timedelta(minutes=5)
+    backfill_horizon: Duration = timedelta(days=30)
 
 
 class HttpSection(_Section):
@@ -105,6 +118,13 @@ class Settings(BaseSettings):
     registry: Path = Path("registry.yaml")
     data_dir: Path = Path("data")
     topic_prefix: str = "stadtpuls"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        TopicScheme(value)  # raises ValueError naming the problem
+        return value
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     mqtt: MqttSection = Field(default_factory=MqttSection)
     store: StoreSection = Field(default_factory=StoreSection)
@@ -112,6 +132,16 @@ class Settings(BaseSettings):
     batch: BatchSection = Field(default_factory=BatchSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _window_holds_a_batch(self) -> Settings:
+        if self.mqtt.receive_maximum < self.batch.max_messages:
+            raise ValueError(
+                f"mqtt.receive_maximum ({self.mqtt.receive_maximum}) is below "
+                f"batch.max_messages ({self.batch.max_messages}): the broker would stall "
+                "waiting for acknowledgements of a batch that waits for messages"
+            )
+        return self
 
     @model_validator(mode="after")
     def _influx_needs_token(self) -> Settings:
@@ -173,6 +203,7 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         lines = [
-            f"{source}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{source}: {'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}"
+            for e in exc.errors()
         ]
         raise ConfigError("\n".join(lines)) from None

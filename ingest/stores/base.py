@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ingest.batch import ReadingBatch, Rejection
+from ingest.batch import ReadingBatch, Receipt, Rejection
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,16 @@ class Store(Protocol):
     key (site, device, channel, measurement, device timestamp).
     """
 
-    def commit(self, batch: ReadingBatch, rejected: Sequence[Rejection]) -> None: ...
+    def commit(
+        self,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt] = (),
+    ) -> None: ...
+
+    def receipt_time(self, digest: bytes) -> int | None:
+        """The receipt time committed earlier for a message without device time, if any."""
+        ...
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
 

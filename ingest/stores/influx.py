@@ -51,7 +51,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from devices.registry import Series
-from ingest.batch import ReadingBatch, Rejection
+from ingest.batch import ReadingBatch, Receipt, Rejection
 from ingest.stores.base import ReadingQuery, StoredReading
 from ingest.stores.lineprotocol import reading_line, reading_prefix
 from ingest.stores.local import LocalDatabase, SqliteSettings
@@ -203,10 +203,16 @@ class InfluxStore:
 
     # -- the durable commit ---------------------------------------------------------------
 
-    def commit(self, batch: ReadingBatch, rejected: Sequence[Rejection]) -> None:
+    def commit(
+        self,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt] = (),
+    ) -> None:
         rows = self.db.reading_rows(batch)
         with self.db.transaction() as cur:
             self.db.add_rejections(cur, rejected)
+            self.db.add_receipts(cur, receipts)
             cur.executemany(_INSERT, rows)
         if len(batch):
             self._change_depth(len(batch))
@@ -221,6 +227,9 @@ class InfluxStore:
         # the dip is momentary, and the metric must never read negative.
         with self._depth_lock:
             return max(self._depth, 0)
+
+    def receipt_time(self, digest: bytes) -> int | None:
+        return self.db.receipt_time(digest)
 
     def writable(self) -> bool:
         return self.db.writable()

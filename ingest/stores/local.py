@@ -8,7 +8,6 @@ records become durable together, and only then are the MQTT messages acknowledge
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
@@ -21,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from devices.registry import Series
-from ingest.batch import ReadingBatch, Rejection
+from ingest.batch import ReadingBatch, Receipt, Rejection, message_digest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -46,7 +45,16 @@ CREATE TABLE IF NOT EXISTS quarantine (
     last_received_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
+CREATE TABLE IF NOT EXISTS receipts (
+    digest BLOB PRIMARY KEY,
+    received_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+
+# Receipt times are needed only while the broker may still redeliver the message, that is
+# within the session expiry; two days covers the default of one.
+_RECEIPT_RETENTION_NS = 2 * 86400 * 1_000_000_000
+_PRUNE_EVERY_NS = 60 * 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,7 @@ class LocalDatabase:
         self._conn.execute(f"PRAGMA synchronous={settings.synchronous}")
         self._conn.executescript(_SCHEMA + extra_schema)
         self.series_ids = self._register_series(series)
+        self._pruned_ns = 0
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -145,13 +154,32 @@ class LocalDatabase:
                         r.payload,
                         r.reason,
                         r.detail,
-                        hashlib.sha256(
-                            r.topic.encode("utf-8", "surrogatepass") + b"\0" + r.payload
-                        ).digest(),
+                        message_digest(r.topic, r.payload),
                     )
                     for r in rejected
                 ],
             )
+
+    def add_receipts(self, cur: sqlite3.Cursor, receipts: Sequence[Receipt]) -> None:
+        if not receipts:
+            return
+        cur.executemany(
+            "INSERT OR IGNORE INTO receipts (digest, received_ns) VALUES (?, ?)",
+            [(r.digest, r.received_ns) for r in receipts],
+        )
+        now = max(r.received_ns for r in receipts)  # the pipeline's clock, not this module's
+        if now - self._pruned_ns > _PRUNE_EVERY_NS:
+            cur.execute(
+                "DELETE FROM receipts WHERE received_ns < ?", (now - _RECEIPT_RETENTION_NS,)
+            )
+            self._pruned_ns = now
+
+    def receipt_time(self, digest: bytes) -> int | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT received_ns FROM receipts WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else int(row[0])
 
     def reading_rows(self, batch: ReadingBatch) -> zip[tuple[int, int, float, int, float]]:
         """Rows of (series id, ts_ns, value, anomaly, score), built column-wise for speed."""

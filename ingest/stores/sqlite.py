@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from devices.registry import Series
-from ingest.batch import ReadingBatch, Rejection
+from ingest.batch import ReadingBatch, Receipt, Rejection
 from ingest.stores.base import ReadingQuery, StoredReading
 from ingest.stores.local import LocalDatabase, SqliteSettings
 
@@ -33,10 +33,16 @@ class SqliteStore:
     def __init__(self, settings: SqliteSettings, series: Sequence[Series]) -> None:
         self.db = LocalDatabase(settings, series, _READINGS)
 
-    def commit(self, batch: ReadingBatch, rejected: Sequence[Rejection]) -> None:
+    def commit(
+        self,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt] = (),
+    ) -> None:
         rows = self.db.reading_rows(batch)
         with self.db.transaction() as cur:
             self.db.add_rejections(cur, rejected)
+            self.db.add_receipts(cur, receipts)
             cur.executemany(_UPSERT, rows)
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
@@ -70,6 +76,9 @@ class SqliteStore:
 
     def journal_depth(self) -> int:
         return 0
+
+    def receipt_time(self, digest: bytes) -> int | None:
+        return self.db.receipt_time(digest)
 
     def writable(self) -> bool:
         return self.db.writable()

@@ -120,3 +120,21 @@ def test_store_is_private(store: SqliteStore) -> None:
     assert store.db.path.stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(store.db.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_redelivered_message_without_device_time_keeps_its_receipt_time(
+    store: SqliteStore,
+) -> None:
+    """Committed but not acknowledged (the service died in between): the broker redelivers
+    with DUP set, and the reading must overwrite itself rather than appear twice."""
+    body = b'[{"n":"co2","v":901}]'
+    first = msg("stadtpuls/school/s1/room-1", body)
+    redelivered = InboundMessage(first.topic, body, first.received_ns + 7 * 10**9, dup=True)
+    fresh = InboundMessage(first.topic, body, first.received_ns + 60 * 10**9)
+    run(store, [first])
+    run(store, [redelivered])
+    rows = list(store.readings(ReadingQuery("s1", 0, NOW_NS * 2)))
+    assert [(r.ts_ns, r.value) for r in rows] == [(first.received_ns, 901.0)]
+    # Without DUP it is a new message that happens to repeat itself: a new reading.
+    run(store, [fresh])
+    assert store.count() == 2

@@ -67,3 +67,27 @@ def test_errors_name_the_file_and_key(tmp_path: Path) -> None:
     assert f"{cfg}: mqtt.port:" in message
     assert f"{cfg}: batch.max_messages:" in message
     assert f"{cfg}: colour:" in message
+
+
+def test_durations_and_protocol_take_what_people_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = write(tmp_path, "mqtt: {protocol: 5, session_expiry: 2h}\nbatch: {max_wait: 250ms}\n")
+    monkeypatch.setenv("STADTPULS_MQTT__KEEPALIVE", "45")
+    s = load_settings(cfg)
+    assert s.mqtt.protocol == "5"
+    assert s.mqtt.keepalive == timedelta(seconds=45)
+    assert s.mqtt.session_expiry == timedelta(hours=2)
+    assert s.batch.max_wait == timedelta(milliseconds=250)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("topic_prefix: 'city/#'\n", "topic_prefix"),
+        ("mqtt: {receive_maximum: 100}\nbatch: {max_messages: 500}\n", "receive_maximum"),
+    ],
+)
+def test_settings_that_cannot_work_refuse_start(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(write(tmp_path, text))
