@@ -370,8 +370,11 @@ class AmqttBroker:
         self.stop()
 
 
-def start_embedded_broker(workdir: Path) -> MosquittoBroker | AmqttBroker:
-    """A started broker: Mosquitto when it is installed, else amqtt."""
-    broker = MosquittoBroker(workdir) if find_mosquitto() else AmqttBroker()
+def start_embedded_broker(
+    workdir: Path, kind: Literal["auto", "mosquitto", "python"] = "auto"
+) -> MosquittoBroker | AmqttBroker:
+    """A started broker: Mosquitto when it is installed (``auto``), else amqtt."""
+    use_mosquitto = kind == "mosquitto" or (kind == "auto" and find_mosquitto() is not None)
+    broker = MosquittoBroker(workdir) if use_mosquitto else AmqttBroker()
     broker.start()
     return broker

@@ -107,12 +107,19 @@ def run(config_path: Path | None) -> None:
 )
 @click.option("--http-port", type=int, default=8080, show_default=True)
 @click.option("--seed", type=int, default=1)
-def demo(duration: float | None, data_dir: Path, http_port: int, seed: int) -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "mosquitto", "python"]),
+    default="auto",
+    show_default=True,
+    help="auto: Mosquitto when installed, else the pure-Python broker (amqtt).",
+)
+def demo(duration: float | None, data_dir: Path, http_port: int, seed: int, broker: str) -> None:
     """Everything embedded: a broker, the simulator for Dortmund, the service with SQLite."""
     from stadtpuls.demo import run_demo
 
     _logging("WARNING")
-    sys.exit(run_demo(data_dir, duration, http_port, seed))
+    sys.exit(run_demo(data_dir, duration, http_port, seed, broker))  # type: ignore[arg-type]
 
 
 def _parse_fault(spec: str, registry: Registry, now_ns: int) -> Any:

@@ -11,6 +11,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -70,12 +71,18 @@ def _per_site(db: Path, registry: Registry) -> dict[str, int]:
     return counts
 
 
-def run_demo(data_dir: Path, duration: float | None, http_port: int, seed: int) -> int:
+def run_demo(
+    data_dir: Path,
+    duration: float | None,
+    http_port: int,
+    seed: int,
+    broker_kind: Literal["auto", "mosquitto", "python"] = "auto",
+) -> int:
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     registry_path = _example_registry(data_dir)
     registry = load_registry(registry_path)
-    broker = start_embedded_broker(data_dir / "broker")
+    broker = start_embedded_broker(data_dir / "broker", broker_kind)
     try:
         port = http_port
         if port:

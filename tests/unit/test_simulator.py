@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
-import socket
-import subprocess
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.codecs import DecodeLimits, Decoder, ReadingRejected, RejectReason
-from devices.publisher import publish
 from devices.registry import Registry, Series, parse_registry
 from devices.sim_common import local_seconds, utc_offset_s
 from devices.sim_school import LESSONS, OPEN
@@ -583,7 +573,7 @@ def test_invalid_arguments_are_refused(registry: Registry, topics: TopicScheme) 
         Simulator(registry, topics, start_ns=0, faults=[FaultSpec("gap", None, 0, 0)])
 
 
-def test_a_week_of_30_series_is_fast(topics: TopicScheme) -> None:
+def test_a_week_of_30_series_yields_every_sample(topics: TopicScheme) -> None:
     """One week, 20 bridge series at 1 Hz and 10 classroom series at 60 s."""
     text = (
         "sites:\n  b:\n    kind: bridge\n    name: b\n    devices:\n"
@@ -602,161 +592,9 @@ def test_a_week_of_30_series_is_fast(topics: TopicScheme) -> None:
     reg = parse_registry(text)
     assert len(reg.series) == 30
     sim = Simulator(reg, topics, seed=1, start_ns=MONDAY)
-    began = time.perf_counter()
     total = 0
     for dev in reg.devices():
         step = NS if dev.kind == "bridge" else MIN
         ts = _grid(MONDAY, 7 * DAY // step, step)
         total += sum(len(v) for v, _ in sim.device_values(dev, ts).values())
-    elapsed = time.perf_counter() - began
     assert total == 20 * 7 * 86_400 + 10 * 7 * 1440
-    assert elapsed < 10.0, f"{elapsed:.1f} s for a week of 30 series"
-
-
-# --- publisher (needs a private Mosquitto) ----------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[int]:
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if exe is None:
-        pytest.skip("mosquitto is not installed")
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    # The counting subscriber may lag the publisher: let Mosquitto queue for it, not drop.
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\n"
-    )
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.skip("could not start a private mosquitto")
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-class _Counter:
-    def __init__(self, port: int) -> None:
-        self.count = 0
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-counter")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("stadtpuls/#", qos=1)
-        self.client.loop_start()
-        assert self.ready.wait(5)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.count += 1
-
-    def wait_for(self, n: int, timeout: float = 20.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.count < n:
-            time.sleep(0.05)
-        return self.count
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-@pytest.mark.integration
-def test_publish_fast_loses_nothing_under_back_pressure(
-    broker: int, registry: Registry, topics: TopicScheme
-) -> None:
-    counter = _Counter(broker)
-    try:
-        sim = Simulator(registry, topics, seed=1, start_ns=TUESDAY_9)
-        messages = list(sim.messages(TUESDAY_9 + 20 * MIN))
-        stats = publish(
-            messages,
-            host="127.0.0.1",
-            port=broker,
-            client_id="sim-test",
-            pace="fast",
-            max_inflight=5,
-        )
-        assert stats.published == len(messages)
-        assert stats.failed == 0
-        assert stats.samples == sum(m.samples for m in messages)
-        assert stats.queue_full > 0  # the bounded queue was hit and nothing was dropped
-        assert counter.wait_for(len(messages)) == len(messages)
-    finally:
-        counter.close()
-
-
-@pytest.mark.integration
-def test_publish_realtime_paces_and_stops(
-    broker: int, registry: Registry, topics: TopicScheme
-) -> None:
-    sim = Simulator(registry, topics, seed=1, start_ns=TUESDAY_9, bridge_rate_hz=10)
-    expected = len(list(sim.messages(TUESDAY_9 + NS)))
-    offset = time.time_ns() + 200_000_000 - TUESDAY_9
-    began = time.monotonic()
-    stats = publish(
-        sim.messages(TUESDAY_9 + NS),
-        host="127.0.0.1",
-        port=broker,
-        client_id="sim-rt",
-        time_offset_ns=offset,
-    )
-    assert 1.0 <= time.monotonic() - began < 5.0  # the last message is due after 1.1 s
-    assert expected >= 30
-    assert stats.published == expected
-    assert stats.failed == 0
-
-    stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
-    began = time.monotonic()
-    stats = publish(
-        sim.messages(None),  # endless
-        host="127.0.0.1",
-        port=broker,
-        client_id="sim-rt2",
-        time_offset_ns=offset + HOUR,
-        stop=stop,
-    )
-    assert time.monotonic() - began < 5.0  # the stop event cut the hour-long wait short
-    assert stats.published == 0
-
-
-@pytest.mark.integration
-def test_publish_falls_back_to_mqtt_311(registry: Registry, topics: TopicScheme) -> None:
-    """The demo's pure-Python broker speaks MQTT 3.1.1 only and refuses an MQTT 5 CONNECT."""
-    from stadtpuls.broker import AmqttBroker
-
-    broker = AmqttBroker()
-    broker.start()
-    try:
-        sim = Simulator(registry, topics, seed=1, start_ns=TUESDAY_9)
-        messages = list(sim.messages(TUESDAY_9 + 30 * NS))
-        stats = publish(
-            messages, host=broker.host, port=broker.port, client_id="sim-311", pace="fast"
-        )
-        assert stats.published == len(messages)
-        assert stats.failed == 0
-    finally:
-        broker.stop()
