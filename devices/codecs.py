@@ -294,7 +294,8 @@ class Decoder:
                     raise ReadingRejected(
                         RejectReason.UNKNOWN_UNIT, f"record {i} ({name}): {exc}"
                     ) from None
-                value = value * scale + offset
+                # Rounded so that a ratio of 8.885e-05 is stored as 88.85, not 88.85000000000001.
+                value = round(value * scale + offset, 9)
             if not series.minimum <= value <= series.maximum:
                 raise ReadingRejected(
                     RejectReason.OUT_OF_RANGE if math.isfinite(value) else RejectReason.NOT_FINITE,
@@ -356,7 +357,7 @@ class Decoder:
                     scale, offset = conversion(unit, series.unit)
                 except UnitNotConvertible as exc:
                     raise ReadingRejected(RejectReason.UNKNOWN_UNIT, f"{name}: {exc}") from None
-                vals = vals * scale + offset
+                vals = np.round(vals * scale + offset, 9)
             bad = (vals < series.minimum) | (vals > series.maximum)
             if bad.any():
                 first = int(np.argmax(bad))

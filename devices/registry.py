@@ -8,14 +8,14 @@ documented in the README ("Registry").
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from devices.vocabulary import VOCABULARY, Measurement, SiteKind
 
@@ -86,43 +86,58 @@ class SiteModel(_Strict):
     location: LocationModel | None = None
     devices: dict[Id, DeviceModel]
 
-    @model_validator(mode="after")
-    def _known_measurements(self) -> SiteModel:
-        vocab = VOCABULARY[self.kind]
-        for dev_id, dev in self.devices.items():
-            names = [*dev.measurements]
-            for chans in dev.channels.values():
-                names.extend(chans)
-            for name in names:
+
+class RegistryModel(_Strict):
+    sites: dict[Id, SiteModel]
+
+
+def _domain_problems(model: RegistryModel) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Checks that need the site's kind, each with the path of the key at fault, so the
+    error points at the offending line rather than at the site."""
+    for site_id, site in model.sites.items():
+        vocab = VOCABULARY[site.kind]
+        for dev_id, dev in site.devices.items():
+            at = ("sites", site_id, "devices", dev_id)
+            placed: list[tuple[tuple[Any, ...], str]] = [
+                (("measurements", i), m) for i, m in enumerate(dev.measurements)
+            ]
+            placed += [
+                (("channels", ch, i), m)
+                for ch, ms in dev.channels.items()
+                for i, m in enumerate(ms)
+            ]
+            if not placed:
+                yield at, "the device has no measurements: give measurements or channels"
+            for where, name in placed:
                 if name not in vocab:
-                    raise ValueError(
-                        f"device {dev_id!r}: {name!r} is not a {self.kind} measurement "
-                        f"(known: {', '.join(sorted(vocab))})"
+                    yield (
+                        (*at, *where),
+                        f"{name!r} is not a {site.kind} measurement "
+                        f"(known: {', '.join(sorted(vocab))})",
                     )
-            if not names:
-                raise ValueError(f"device {dev_id!r} has no measurements")
+            names = {m for _, m in placed}
             series = {
                 *dev.measurements,
                 *(f"{c}/{m}" for c, ms in dev.channels.items() for m in ms),
             }
             for key, ov in dev.overrides.items():
+                here = (*at, "overrides", key)
                 if key not in series and key not in names:
-                    raise ValueError(
-                        f"device {dev_id!r}: override {key!r} names no measurement of the device"
-                    )
-                meas = vocab[key.rsplit("/", 1)[-1]]
+                    yield here, f"override {key!r} names no measurement of the device"
+                    continue
+                meas = vocab.get(key.rsplit("/", 1)[-1])
+                if meas is None:
+                    continue  # reported above as an unknown measurement
                 lo = meas.minimum if ov.min is None else ov.min
                 hi = meas.maximum if ov.max is None else ov.max
                 if not meas.minimum <= lo < hi <= meas.maximum:
-                    raise ValueError(
-                        f"device {dev_id!r}: override {key!r} range [{lo}, {hi}] must lie inside "
-                        f"the physical range [{meas.minimum}, {meas.maximum}] {meas.unit}"
+                    yield (
+                        here,
+                        f"range [{lo:g}, {hi:g}] must lie inside the physical range "
+                        f"[{meas.minimum:g}, {meas.maximum:g}] {meas.unit}",
                     )
-        return self
-
-
-class RegistryModel(_Strict):
-    sites: dict[Id, SiteModel]
+                if ov.warn is not None and ov.alarm is not None and abs(ov.warn) > abs(ov.alarm):
+                    yield here, f"warn ({ov.warn:g}) must not be beyond alarm ({ov.alarm:g})"
 
 
 class RegistryError(ValueError):
@@ -292,6 +307,12 @@ def parse_registry(text: str, source: str = "<registry>") -> Registry:
             key = ".".join(str(p) for p in loc) or "(top level)"
             problems.append(f"{source}:{line}: {key}: {err['msg']}")
         raise RegistryError("\n".join(problems)) from exc
+    domain = [
+        f"{source}:{_locate(lines, loc)}: {'.'.join(str(p) for p in loc)}: {message}"
+        for loc, message in _domain_problems(model)
+    ]
+    if domain:
+        raise RegistryError("\n".join(domain))
     return Registry.from_model(model)
 
 

@@ -49,7 +49,8 @@ class MqttSettings:
     # must exceed a batch, or the broker stalls waiting for acknowledgements of a batch
     # that is waiting for messages.
     receive_maximum: int = 20000
-    reconnect_min: timedelta = timedelta(milliseconds=200)
+    # paho takes whole seconds here.
+    reconnect_min: timedelta = timedelta(seconds=1)
     reconnect_max: timedelta = timedelta(seconds=30)
     tls_ca: str | None = None
     tls_cert: str | None = None
@@ -88,7 +89,7 @@ class MqttSubscriber:
         c = self._client
         if settings.username is not None:
             c.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca is not None:
+        if settings.tls_ca is not None or settings.tls_cert is not None:
             c.tls_set(
                 ca_certs=settings.tls_ca,
                 certfile=settings.tls_cert,

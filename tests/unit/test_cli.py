@@ -136,5 +136,5 @@ def test_check_config_reports_registry_errors_with_line(tmp_path: Path) -> None:
     cfg.write_text("registry: registry.yaml\n")
     result = CliRunner().invoke(main, ["check-config", "--config", str(cfg)])
     assert result.exit_code == 2
-    assert f"{tmp_path / 'registry.yaml'}:2: sites.b1" in result.output
+    assert f"{tmp_path / 'registry.yaml'}:10: sites.b1.devices.sg1.channels.g2.0:" in result.output
     assert "'strian' is not a bridge measurement" in result.output

@@ -32,8 +32,8 @@ def test_series_and_overrides() -> None:
         (
             "sites:\n  b1:\n    kind: bridge\n    name: x\n    devices:\n      d1:\n"
             "        channels:\n          g1: [strian]\n",
-            2,
-            "'strian' is not a bridge measurement",
+            8,
+            "sites.b1.devices.d1.channels.g1.0: 'strian' is not a bridge measurement",
         ),
         ("sites:\n  b1:\n    kind: brige\n    name: x\n    devices: {}\n", 3, "sites.b1.kind"),
         ("sites:\n  B1:\n    kind: bridge\n    name: x\n    devices: {}\n", 2, "sites.B1"),
@@ -51,8 +51,21 @@ def test_series_and_overrides() -> None:
         (
             "sites:\n  s1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
             "        measurements: [co2]\n        overrides:\n          co2: {max: 20000}\n",
-            2,
-            "must lie inside the physical range",
+            9,
+            "overrides.co2: range [0, 20000] must lie inside the physical range",
+        ),
+        (
+            "sites:\n  s1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
+            "        measurements: [co2]\n        overrides:\n"
+            "          co2: {warn: 2000, alarm: 1000}\n",
+            9,
+            "warn (2000) must not be beyond alarm (1000)",
+        ),
+        (
+            "sites:\n  s1:\n    kind: school\n    name: x\n    devices:\n      r1:\n"
+            "        interval: 1m\n",
+            6,
+            "sites.s1.devices.r1: the device has no measurements",
         ),
         ("sites: [\n", 2, "not valid YAML"),
     ],
