@@ -14,18 +14,16 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import threading
-import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 from amqtt.plugins.base import BaseAuthPlugin
+
+from stadtpuls.processes import ServerProcess
 
 __all__ = [
     "AmqttBroker",
@@ -62,16 +60,6 @@ def find_mosquitto(binary: str = "mosquitto") -> str | None:
     return found
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=_STOP_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _accepts_connections(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
@@ -93,9 +81,11 @@ class EmbeddedBroker(Protocol):
     def stop(self) -> None: ...
 
 
-class MosquittoBroker:
+class MosquittoBroker(ServerProcess):
     """A private Mosquitto process; `stop()` is graceful so persistence is saved."""
 
+    name = "mosquitto"
+    install_hint = "install it with `apt-get install mosquitto`"
     host = LOOPBACK
     mqtt_version: MqttVersion = "5"
 
@@ -108,28 +98,23 @@ class MosquittoBroker:
         extra_config: str = "",
         binary: str = "mosquitto",
     ) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self._port = port if port is not None else free_port()
         self.persistence = persistence
         self.extra_config = extra_config
         self.binary = binary
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
-        # Mosquitto writes to stderr only before its log file is open (bad config, port taken).
-        self.stderr_path = workdir / "mosquitto.stderr"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     @property
     def port(self) -> int:
         return self._port
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def log_paths(self) -> list[Path]:
+        # Mosquitto writes to stdout only before its log file is open (bad config, port taken).
+        return [self.output_path, self.log_path]
 
     def config_text(self) -> str:
         lines = [
@@ -163,103 +148,26 @@ class MosquittoBroker:
             text += self.extra_config.rstrip("\n") + "\n"
         return text
 
-    def start(self) -> None:
-        if self.is_running:
-            raise RuntimeError(f"mosquitto is already running on port {self._port}")
-        executable = find_mosquitto(self.binary)
-        if executable is None:
-            raise RuntimeError(
-                f"{self.binary!r} not found on PATH; install it with `apt-get install mosquitto`"
-            )
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_text())
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.stderr_path.open("ab") as err:
-            self._proc = subprocess.Popen(
-                [executable, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=subprocess.STDOUT,
-                # Our own session: a Ctrl-C in the terminal must not stop the broker before
-                # its clients have drained; the owner stops it.
-                start_new_session=True,
-            )
-        # Being in its own session, the broker would outlive a test or demo that forgot to
-        # stop it, holding its port; stop it when this object or the interpreter goes.
-        weakref.finalize(self, _terminate, self._proc)
-        deadline = time.monotonic() + _START_DEADLINE_S
-        while not (self._logged_running(log_offset) and _accepts_connections(LOOPBACK, self._port)):
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with code {code} during start on port {self._port}\n"
-                    + self.log_tail()
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(
-                    f"mosquitto did not accept connections on port {self._port} "
-                    f"within {_START_DEADLINE_S:.0f} s\n" + self.log_tail()
-                )
-            time.sleep(_POLL_S)
+    def executable(self) -> str | None:
+        return find_mosquitto(self.binary)
 
-    def _logged_running(self, offset: int) -> bool:
+    def prepare(self) -> None:
+        self.config_path.write_text(self.config_text())
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def command(self, executable: str) -> list[str]:
+        return [executable, "-c", str(self.config_path)]
+
+    def ready(self) -> bool:
         # An open port alone could be another process's; the log line proves it is ours
         # and is written only once the listeners are open and persistence is loaded.
         try:
             with self.log_path.open("rb") as log:
-                log.seek(offset)
-                return _RUNNING_LINE.search(log.read()) is not None
+                log.seek(self._log_offset)
+                logged = _RUNNING_LINE.search(log.read()) is not None
         except FileNotFoundError:
             return False
-
-    def stop(self) -> None:
-        """SIGTERM and wait: Mosquitto writes its persistence file on the way out."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise RuntimeError(
-                f"mosquitto ignored SIGTERM for {_STOP_DEADLINE_S:.0f} s and was killed; "
-                "its persistence may be stale\n" + self.log_tail()
-            ) from None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, so whatever was not yet saved is lost."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_tail(self, lines: int = 30) -> str:
-        parts = []
-        for path in (self.stderr_path, self.log_path):
-            with contextlib.suppress(OSError):
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                if tail:
-                    parts.append(f"--- {path.name} ---\n" + "\n".join(tail))
-        return "\n".join(parts) or "(mosquitto wrote no log)"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return logged and _accepts_connections(LOOPBACK, self._port)
 
 
 class _OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]

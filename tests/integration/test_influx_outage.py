@@ -44,7 +44,8 @@ def test_database_down_30s_mid_stream(tmp_path: Path, victoria: VictoriaMetrics)
             store={"backend": "influxdb"},
             influxdb={"url": victoria.url, "org": "city", "bucket": "sensors", "chunk_size": 2000},
         )
-        service.start(env={"STADTPULS_INFLUXDB__TOKEN": "test-token-not-a-placeholder"})
+        service.extra_env["STADTPULS_INFLUXDB__TOKEN"] = "test-token-not-a-placeholder"
+        service.start()
         try:
             load = start_load(tmp_path, broker.port, count=24_000, rate=500, name="outage")
             wait_until(

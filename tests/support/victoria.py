@@ -38,59 +38,38 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import time
-import weakref
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from stadtpuls.broker import free_port
+from stadtpuls.processes import ServerProcess
 
 __all__ = ["VictoriaMetrics"]
 
 BINARY = "victoria-metrics"
-_START_DEADLINE_S = 20.0
-_STOP_DEADLINE_S = 30.0
-_POLL_S = 0.02
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=_STOP_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class VictoriaMetrics:
+class VictoriaMetrics(ServerProcess):
     """``victoria-metrics`` on a free loopback port with its data in ``workdir/vmdata``."""
 
+    name = "victoria-metrics"
+    install_hint = "the InfluxDB write-path tests need it: `apt-get install victoria-metrics`"
     host = "127.0.0.1"
+    stop_deadline_s = 30.0  # it flushes its in-memory rows to disk on the way out
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self.port = port if port is not None else free_port()
         self.data_path = workdir / "vmdata"
-        self.log_path = workdir / "victoria-metrics.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def executable(self) -> str | None:
+        return shutil.which(BINARY)
 
     def command(self, executable: str) -> list[str]:
         return [
@@ -106,43 +85,7 @@ class VictoriaMetrics:
             "-loggerLevel=ERROR",
         ]
 
-    def start(self) -> None:
-        if self.is_running:
-            raise RuntimeError(f"victoria-metrics is already running on port {self.port}")
-        executable = shutil.which(BINARY)
-        if executable is None:
-            raise RuntimeError(
-                f"{BINARY!r} not found on PATH; the InfluxDB write-path tests need it: "
-                "`apt-get install victoria-metrics`"
-            )
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                self.command(executable),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # Its own session means it would outlive a test that forgot to stop it.
-        weakref.finalize(self, _terminate, self._proc)
-        deadline = time.monotonic() + _START_DEADLINE_S
-        while not self._healthy():
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"victoria-metrics exited with code {code} during start on port "
-                    f"{self.port}\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(
-                    f"victoria-metrics was not healthy on port {self.port} within "
-                    f"{_START_DEADLINE_S:.0f} s\n{self.log_tail()}"
-                )
-            time.sleep(_POLL_S)
-
-    def _healthy(self) -> bool:
+    def ready(self) -> bool:
         try:
             if httpx.get(f"{self.url}/health", timeout=0.5).status_code != 200:
                 return False
@@ -151,32 +94,6 @@ class VictoriaMetrics:
         except httpx.TransportError:
             return False
         return f'flag{{name="storageDataPath", value="{self.data_path}"' in metrics
-
-    def stop(self) -> None:
-        """SIGTERM and wait: VictoriaMetrics flushes its in-memory rows on the way out."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise RuntimeError(
-                f"victoria-metrics ignored SIGTERM for {_STOP_DEADLINE_S:.0f} s and was "
-                f"killed\n{self.log_tail()}"
-            ) from None
-
-    def kill(self) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def flush(self) -> None:
         """Make rows written so far visible to reads (they are buffered for ~1 s otherwise)."""
@@ -197,22 +114,3 @@ class VictoriaMetrics:
             key=lambda item: (item["metric"].get("__name__", ""), sorted(item["metric"].items()))
         )
         return series
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return "(victoria-metrics wrote no log)"
-        return "\n".join(tail) or "(victoria-metrics wrote no log)"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
