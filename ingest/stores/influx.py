@@ -209,11 +209,7 @@ class InfluxStore:
         rejected: Sequence[Rejection],
         receipts: Sequence[Receipt] = (),
     ) -> None:
-        rows = self.db.reading_rows(batch)
-        with self.db.transaction() as cur:
-            self.db.add_rejections(cur, rejected)
-            self.db.add_receipts(cur, receipts)
-            cur.executemany(_INSERT, rows)
+        self.db.commit(_INSERT, batch, rejected, receipts)
         if len(batch):
             self._change_depth(len(batch))
             self._wake.set()

@@ -136,6 +136,21 @@ class LocalDatabase:
                 raise
             cur.execute("COMMIT")
 
+    def commit(
+        self,
+        insert_readings: str,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt],
+    ) -> None:
+        """One batch in one transaction: readings (with the store's own statement taking
+        series id, ts_ns, value, anomaly, score), quarantine records and receipt times."""
+        rows = self.reading_rows(batch)
+        with self.transaction() as cur:
+            self.add_rejections(cur, rejected)
+            self.add_receipts(cur, receipts)
+            cur.executemany(insert_readings, rows)
+
     @staticmethod
     def add_rejections(cur: sqlite3.Cursor, rejected: Sequence[Rejection]) -> None:
         """Quarantine messages; the same message again (a redelivery, or a device repeating

@@ -39,11 +39,7 @@ class SqliteStore:
         rejected: Sequence[Rejection],
         receipts: Sequence[Receipt] = (),
     ) -> None:
-        rows = self.db.reading_rows(batch)
-        with self.db.transaction() as cur:
-            self.db.add_rejections(cur, rejected)
-            self.db.add_receipts(cur, receipts)
-            cur.executemany(_UPSERT, rows)
+        self.db.commit(_UPSERT, batch, rejected, receipts)
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
         sql = (
