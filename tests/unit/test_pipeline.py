@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,15 +15,16 @@ from devices.codecs import DecodeLimits, Decoder
 from devices.registry import parse_registry
 from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
-from ingest.batch import AnomalyFlag, InboundMessage
+from ingest.batch import AnomalyFlag, InboundMessage, ReadingBatch, Receipt, Rejection
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
+from ingest.pipeline import BatchSettings, IngestLoop, Pipeline, RetrySettings
 from ingest.quarantine import Quarantine
 from ingest.sources import ListSource
-from ingest.stores.base import ReadingQuery
+from ingest.stores.base import ReadingQuery, StoredReading
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from tests.registry_fixture import REGISTRY_YAML, test_registry
+from tests.support.waiting import wait_until
 
 NOW_S = 1_780_000_000
 NOW_NS = NOW_S * 10**9
@@ -138,3 +141,89 @@ def test_redelivered_message_without_device_time_keeps_its_receipt_time(
     # Without DUP it is a new message that happens to repeat itself: a new reading.
     run(store, [fresh])
     assert store.count() == 2
+
+
+class FlakyStore:
+    """A store whose first ``failures`` commits raise, as a full or locked disk would."""
+
+    def __init__(self, inner: SqliteStore, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.attempts = 0
+
+    def commit(
+        self,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt] = (),
+    ) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise sqlite3.OperationalError("database or disk is full")
+        self.inner.commit(batch, rejected, receipts)
+
+    def receipt_time(self, digest: bytes) -> int | None:
+        return self.inner.receipt_time(digest)
+
+    def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
+        return self.inner.readings(query)
+
+    def journal_depth(self) -> int:
+        return 0
+
+    def writable(self) -> bool:
+        return self.attempts > self.failures
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_failed_commit_is_retried_and_nothing_is_acked_before_it(store: SqliteStore) -> None:
+    registry = test_registry()
+    flaky = FlakyStore(store, failures=3)
+    metrics = IngestMetrics()
+    pipeline = Pipeline(
+        Decoder(registry, TopicScheme(), DecodeLimits()),
+        LimitCheck(registry.series),
+        flaky,
+        metrics,
+    )
+    messages = [msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 10 + i, float(i))) for i in range(5)]
+    source = ListSource(messages)
+    fast_retry = RetrySettings(initial=timedelta(milliseconds=1), maximum=timedelta(milliseconds=5))
+    loop = IngestLoop(source, pipeline, BatchSettings(max_messages=10, retry=fast_retry))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    assert source.drained.wait(10)
+    stop.set()
+    thread.join(10)
+    assert flaky.attempts == 4
+    assert metrics.registry.get_sample_value("stadtpuls_commit_failures_total") == 3
+    assert source.acked == messages
+    assert [r.value for r in store.readings(ReadingQuery("b1", 0, NOW_NS * 2))] == [
+        0.0, 1.0, 2.0, 3.0, 4.0,
+    ]  # fmt: skip
+
+
+def test_stop_during_a_failing_commit_acknowledges_nothing(store: SqliteStore) -> None:
+    registry = test_registry()
+    flaky = FlakyStore(store, failures=10**9)
+    pipeline = Pipeline(
+        Decoder(registry, TopicScheme(), DecodeLimits()),
+        LimitCheck(registry.series),
+        flaky,
+        IngestMetrics(),
+    )
+    source = ListSource([msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 1, 1.0))])
+    fast_retry = RetrySettings(initial=timedelta(milliseconds=1), maximum=timedelta(milliseconds=5))
+    loop = IngestLoop(source, pipeline, BatchSettings(retry=fast_retry))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    wait_until(lambda: flaky.attempts >= 3, 10, "a few failed commits")
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert source.acked == []  # the broker keeps the message and redelivers it
+    assert store.count() == 0
