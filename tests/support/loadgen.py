@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,16 @@ def main() -> None:
     client.max_queued_messages_set(0)
     client.reconnect_delay_set(1, 2)
     acked_mids: set[int] = set()
+    acked = threading.Condition()
+
     # MQTTMessageInfo.is_published() raises for a message first queued while disconnected,
     # though paho does send it after reconnecting; the PUBACK callback tells the truth.
-    client.on_publish = lambda _c, _u, mid, _rc, _p: acked_mids.add(mid)
+    def on_publish(_c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        with acked:
+            acked_mids.add(mid)
+            acked.notify_all()
+
+    client.on_publish = on_publish
     client.connect(args.host, args.port)
     client.loop_start()
     if args.count > 65_000:
@@ -77,13 +85,12 @@ def main() -> None:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise SystemExit(f"publish {seq} failed: {mqtt.error_string(info.rc)}")
         mids.append((seq, info.mid))
-    deadline = time.monotonic() + args.drain_timeout
-    while time.monotonic() < deadline and len(acked_mids) < args.count:
-        time.sleep(0.05)
-    acked = [seq for seq, mid in mids if mid in acked_mids]
+    with acked:
+        acked.wait_for(lambda: len(acked_mids) >= args.count, timeout=args.drain_timeout)
+        acked_seqs = [seq for seq, mid in mids if mid in acked_mids]
     client.disconnect()
     client.loop_stop()
-    args.out.write_text(json.dumps({"sent": args.count, "acked": acked}))
+    args.out.write_text(json.dumps({"sent": args.count, "acked": acked_seqs}))
 
 
 if __name__ == "__main__":
