@@ -169,6 +169,8 @@ class IngestLoop:
         self.settings = settings
         self.batches = 0
         self._handoff: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
+        self._uncommitted = 0  # batches handed over and not yet committed
+        self._settled = threading.Condition()
 
     def run(self, stop: threading.Event) -> None:
         committer = threading.Thread(
@@ -178,8 +180,13 @@ class IngestLoop:
         try:
             while not stop.is_set() and committer.is_alive():
                 messages = self.source.take(self.settings.max_messages, self.settings.max_wait)
-                if messages:
-                    self._hand_over(self.pipeline.prepare(messages), stop, committer)
+                if not messages:
+                    continue
+                if any(m.dup for m in messages):
+                    # A redelivery may repeat a message of the batch still committing; its
+                    # receipt time must be looked up after that commit, not before.
+                    self._wait_settled(stop, committer)
+                self._hand_over(self.pipeline.prepare(messages), stop, committer)
         finally:
             self._hand_over(None, stop, committer)
             committer.join()
@@ -190,20 +197,37 @@ class IngestLoop:
         # Bounded: while the committer is busy (a slow disk, a retried commit) the loop
         # stops taking messages, and the broker holds the rest.
         while committer.is_alive():
+            if item is not None:
+                with self._settled:
+                    self._uncommitted += 1
             try:
                 self._handoff.put(item, timeout=0.1)
             except queue.Full:
+                if item is not None:
+                    self._settle()
                 if stop.is_set() and item is not None:
                     return  # stopping: unacknowledged messages are redelivered
                 continue
             return
+
+    def _settle(self) -> None:
+        with self._settled:
+            self._uncommitted -= 1
+            self._settled.notify_all()
+
+    def _wait_settled(self, stop: threading.Event, committer: threading.Thread) -> None:
+        with self._settled:
+            while self._uncommitted and committer.is_alive() and not stop.is_set():
+                self._settled.wait(0.1)
 
     def _commit_loop(self, stop: threading.Event) -> None:
         while True:
             prepared = self._handoff.get()
             if prepared is None:
                 return
-            if not self._commit(prepared, stop):
+            committed = self._commit(prepared, stop)
+            self._settle()
+            if not committed:
                 return  # stopping: the broker redelivers what was not acknowledged
             self.source.ack(prepared.messages)
             self.batches += 1

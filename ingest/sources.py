@@ -22,6 +22,11 @@ class ListSource:
             self._messages.extend(messages)
             self.drained.clear()
 
+    @property
+    def untaken(self) -> int:
+        with self._lock:
+            return len(self._messages)
+
     def take(self, max_messages: int, max_wait: timedelta) -> list[InboundMessage]:
         with self._lock:
             out = self._messages[:max_messages]

@@ -227,3 +227,46 @@ def test_stop_during_a_failing_commit_acknowledges_nothing(store: SqliteStore) -
     assert not thread.is_alive()
     assert source.acked == []  # the broker keeps the message and redelivers it
     assert store.count() == 0
+
+
+class GatedStore(FlakyStore):
+    """Holds its first commit until the test opens the gate: a slow disk."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        super().__init__(inner, failures=0)
+        self.gate = threading.Event()
+
+    def commit(
+        self,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt] = (),
+    ) -> None:
+        assert self.gate.wait(10)
+        super().commit(batch, rejected, receipts)
+
+
+def test_redelivery_during_the_commit_of_its_first_copy_is_stored_once(
+    store: SqliteStore,
+) -> None:
+    """The connection drops while the batch holding a message commits; the broker resends
+    the message (DUP) at once. Its receipt time is looked up after that commit ends."""
+    registry = test_registry()
+    gated = GatedStore(store)
+    decoder = Decoder(registry, TopicScheme(), DecodeLimits())
+    pipeline = Pipeline(decoder, LimitCheck(registry.series), gated, IngestMetrics())
+    body = b'[{"n":"co2","v":777}]'
+    first = msg("stadtpuls/school/s1/room-1", body)
+    again = InboundMessage(first.topic, body, first.received_ns + 3 * 10**9, dup=True)
+    source = ListSource([first, again])
+    loop = IngestLoop(source, pipeline, BatchSettings(max_messages=1))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    wait_until(lambda: source.untaken == 0, 10, "both copies taken")
+    gated.gate.set()
+    assert source.drained.wait(10)
+    stop.set()
+    thread.join(10)
+    rows = list(store.readings(ReadingQuery("s1", 0, NOW_NS * 2)))
+    assert [(r.ts_ns, r.value) for r in rows] == [(first.received_ns, 777.0)]
