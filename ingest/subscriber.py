@@ -72,12 +72,10 @@ class MqttSubscriber:
         self.subscriptions = list(subscriptions)
         self.metrics = metrics
         self._queue: queue.SimpleQueue[InboundMessage] = queue.SimpleQueue()
-        self._pending = 0
         self._generation = 0
         self._ack_lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = False
-        self.connections = 0
         v5 = settings.protocol == "5"
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -150,7 +148,6 @@ class MqttSubscriber:
             return
         with self._ack_lock:
             self._generation += 1
-        self.connections += 1
         if not flags.session_present:
             result, _ = client.subscribe([(topic, 1) for topic in self.subscriptions])
             if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
