@@ -274,8 +274,7 @@ class InfluxStore:
 
     def _drain_loop(self, client: InfluxDBClient) -> None:
         # The thread owns its client: when it ends, the client is closed and released while
-        # the interpreter is whole (urllib3-future, which grafana-client pulls in and which
-        # stands in for urllib3, fails in the client's __del__ at interpreter exit).
+        # the interpreter is whole, not by its __del__ at interpreter exit.
         write_api = client.write_api(write_options=SYNCHRONOUS)
         try:
             self._drain_until_stopped(write_api)
