@@ -18,12 +18,11 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
 from amqtt.plugins.base import BaseAuthPlugin
 
-from stadtpuls.processes import ServerProcess
+from stadtpuls.processes import ServerProcess, StartStop
 
 __all__ = [
     "AmqttBroker",
@@ -186,7 +185,7 @@ class _OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         return True
 
 
-class AmqttBroker:
+class AmqttBroker(StartStop):
     """amqtt in a background thread with its own event loop; MQTT 3.1.1 only.
 
     Sessions and queued messages live in memory, so they do not survive `stop()`.
@@ -264,18 +263,6 @@ class AmqttBroker:
         thread.join(_STOP_DEADLINE_S)
         if thread.is_alive():
             raise RuntimeError(f"amqtt did not shut down within {_STOP_DEADLINE_S:.0f} s")
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_embedded_broker(

@@ -28,7 +28,29 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-class ServerProcess:
+class StartStop:
+    """A context manager over ``start`` and ``stop``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ServerProcess(StartStop):
     """Subclasses say how to find the program (``executable``), how to run it
     (``command``), when it is ready (``ready``) and where it logs (``log_paths``)."""
 
@@ -142,15 +164,3 @@ class ServerProcess:
                 if tail:
                     parts.append(f"--- {path.name} ---\n" + "\n".join(tail))
         return "\n".join(parts) or f"({self.name} wrote no log)"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
