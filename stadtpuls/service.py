@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -14,7 +15,7 @@ from prometheus_client.registry import Collector
 from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry
 from devices.topics import TopicScheme
-from ingest.anomaly import LimitCheck
+from ingest.anomaly import Detectors
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, Pipeline
 from ingest.stores.base import Store
@@ -123,9 +124,13 @@ class Service:
         self.registry = registry
         self.metrics = IngestMetrics()
         self.store = build_store(settings, registry)
+        self.detectors = Detectors(registry.series)
+        restored = self.detectors.load(self.anomaly_state_path)
+        if restored:
+            log.info("anomaly state restored for %d series", restored)
         self.pipeline = Pipeline(
             build_decoder(settings, registry),
-            LimitCheck(registry.series),
+            self.detectors,
             self.store,
             self.metrics,
             listeners,
@@ -147,6 +152,10 @@ class Service:
             self.metrics.registry.register(_InfluxCollector(stats))
         app = build_app(self.readiness, self.metrics.registry, self._refresh_gauges)
         self.http = HttpServer(app, settings.http.host, settings.http.port)
+
+    @property
+    def anomaly_state_path(self) -> Path:
+        return self.settings.data_dir / "anomaly-state.npz"
 
     def _run(self) -> None:
         try:
@@ -211,6 +220,8 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        # Saved once the loop has stopped, so no batch changes it meanwhile.
+        self.detectors.save(self.anomaly_state_path)
         self.subscriber.stop()
         self.http.stop()
         self.store.close()
