@@ -162,13 +162,17 @@ def main() -> None:
             print(f"bare paho subscriber (QoS 1):   {bare:10,.0f} msg/s", flush=True)
 
             rec = Recorder()
+            cpu_before = time.process_time()
             svc = service(root / "single", port, "bench-single", rec)
             rec.wait_for(SINGLE_MESSAGES, 300)
             single_rate = rec.rate()
+            cpu_s = time.process_time() - cpu_before
+            check_s = svc.metrics.registry.get_sample_value("stadtpuls_check_seconds_total") or 0.0
             svc.stop()
             print(
                 f"stadtpuls, single readings:     {single_rate:10,.0f} readings/s "
-                f"({single_rate / bare:.0%} of bare)",
+                f"({single_rate / bare:.0%} of bare); anomaly check {check_s / cpu_s:.1%} "
+                "of the process's CPU",
                 flush=True,
             )
 
@@ -209,6 +213,7 @@ def main() -> None:
         "p50_commit_s": round(p50, 4),
         "p99_commit_s": round(p99, 4),
         "peak_rss_mb": round(peak_mb, 1),
+        "check_cpu_share": round(check_s / cpu_s, 4),
     }
     print(json.dumps(results))
 

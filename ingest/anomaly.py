@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ import numpy.typing as npt
 from devices.registry import Series
 from ingest.batch import AnomalyFlag, ReadingBatch
 
+T = TypeVar("T", bound=np.generic)
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -95,6 +96,14 @@ def _links(cont: npt.NDArray[np.bool_], first: npt.NDArray[np.bool_], carry: I64
     return np.where(cont, idx - start + before, 0)
 
 
+def _shifted(a: npt.NDArray[T]) -> npt.NDArray[T]:
+    """``a`` moved one place later; the first element is left as it was (callers replace
+    it with the series' state)."""
+    out = a.copy()
+    out[1:] = a[:-1]
+    return out
+
+
 class Detectors:
     """All detectors over per-series state arrays."""
 
@@ -142,8 +151,8 @@ class Detectors:
         first[1:] = s[1:] != s[:-1]
 
         # The previous reading of each sample: in the batch, or the series' last one.
-        prev_v = np.where(first, self.last_value[s], np.roll(v, 1))
-        prev_t = np.where(first, self.last_ts[s], np.roll(t, 1))
+        prev_v = np.where(first, self.last_value[s], _shifted(v))
+        prev_t = np.where(first, self.last_ts[s], _shifted(t))
         has_prev = prev_t != _NO_TIME
         dt_s = np.where(has_prev, (t - prev_t) / 1e9, np.nan)
 
@@ -157,11 +166,7 @@ class Detectors:
 
         # Window statistics, once per series present, from the state before this batch.
         uniq, inverse = np.unique(s, return_inverse=True)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: new series
-            win = self.window[uniq]
-            med_u = np.nanmedian(win, axis=1)
-            mad_u = np.nanmedian(np.abs(win - med_u[:, None]), axis=1)
+        med_u, mad_u = self._window_stats(uniq)
         med = med_u[inverse]
         sigma = np.maximum(1.4826 * np.nan_to_num(mad_u[inverse]), self.floor[s])
         warm = self.filled[s] >= MIN_HISTORY
@@ -170,7 +175,7 @@ class Detectors:
 
         # step: consecutive same-sign deviations; spike: a lone big one.
         dev = np.sign(z) * (absz > self.step_z[s])
-        before_dev = np.where(first, np.sign(self.dev_run[s]), np.roll(dev, 1))
+        before_dev = np.where(first, np.sign(self.dev_run[s]), _shifted(dev))
         same_dev = (dev != 0) & (before_dev == dev)
         carry_dev = np.maximum(np.abs(self.dev_run[s]) - 1, 0)
         dev_len = np.where(dev != 0, _links(same_dev, first, carry_dev) + 1, 0)
@@ -199,6 +204,26 @@ class Detectors:
         batch.scores[order] = scores
 
         self._remember(s, t, v, first, spike, same_len, dev, dev_len)
+
+    def _window_stats(self, rows: I64) -> tuple[F64, F64]:
+        """Median and MAD of each row's window. Full windows (the usual case) take numpy's
+        partition-based median; nanmedian, far slower, only serves series still filling."""
+        win = self.window[rows]
+        full = self.filled[rows] >= WINDOW
+        med = np.empty(len(rows))
+        mad = np.empty(len(rows))
+        if full.any():
+            w = win[full]
+            med[full] = np.median(w, axis=1)
+            mad[full] = np.median(np.abs(w - med[full][:, None]), axis=1)
+        if not full.all():
+            w = win[~full]
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: new series
+                m = np.nanmedian(w, axis=1)
+                med[~full] = m
+                mad[~full] = np.nanmedian(np.abs(w - m[:, None]), axis=1)
+        return med, mad
 
     def _remember(
         self,

@@ -39,6 +39,9 @@ class IngestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        self.check_seconds = Counter(
+            "stadtpuls_check_seconds", "time spent in the anomaly check", registry=r
+        )
         self.commit_failures = Counter(
             "stadtpuls_commit_failures", "durable commits that failed and were retried", registry=r
         )

@@ -120,7 +120,9 @@ class Pipeline:
                     Rejection(m.topic, m.payload, "decoder_error", repr(exc), m.received_ns)
                 )
         readings = ReadingBatch.concat(parts)
+        started = time.perf_counter()
         self.check.check(readings)
+        self.metrics.check_seconds.inc(time.perf_counter() - started)
         return PreparedBatch(messages, readings, rejected, receipts)
 
     def commit(self, prepared: PreparedBatch) -> None:
