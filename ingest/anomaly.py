@@ -59,18 +59,35 @@ class DetectorParams:
     stuck_samples: int = 12  # identical consecutive readings that make a stuck sensor
     max_rate: float = np.inf  # units per second
     gap_factor: float = 3.0
+    # drift: a fast and a slow moving average part by more than this (inf: off)
+    drift: float = np.inf
+    drift_fast_s: float = 12 * 3600.0  # averages out the daily cycle
+    drift_mode: str = "plain"  # or "strain" (temperature-compensated), "night" (CO2 floor)
 
 
 # Defaults from DOMAIN.md: strain noise is about 1 microstrain and lorries add tens within
 # seconds; classroom CO2 rises about 1500 ppm in a lesson and falls within minutes when a
 # window opens, both far below the rate limits, which catch physically impossible jumps.
 DEFAULT_PARAMS: dict[str, DetectorParams] = {
-    "strain": DetectorParams(noise_floor=4.0, spike_z=10.0, step_z=5.0, max_rate=2000.0),
-    "temperature": DetectorParams(noise_floor=0.1, max_rate=0.5),
-    "inclination": DetectorParams(noise_floor=0.002, max_rate=0.5),
-    "crack_width": DetectorParams(noise_floor=0.005, max_rate=0.5),
-    "co2": DetectorParams(noise_floor=15.0, max_rate=100.0),
-    "humidity": DetectorParams(noise_floor=0.5, max_rate=2.0),
+    # Strain drift is judged on the residual after temperature compensation, which has no
+    # daily cycle, so its fast average may be short.
+    "strain": DetectorParams(
+        noise_floor=4.0,
+        spike_z=10.0,
+        step_z=5.0,
+        max_rate=2000.0,
+        drift=15.0,
+        drift_fast_s=2 * 3600.0,
+        drift_mode="strain",
+    ),
+    "temperature": DetectorParams(noise_floor=0.1, max_rate=0.5, drift=1.5),
+    "inclination": DetectorParams(noise_floor=0.002, max_rate=0.5, drift=0.008),
+    "crack_width": DetectorParams(noise_floor=0.005, max_rate=0.5, drift=0.02),
+    # CO2 drift is judged on the night floor, which should sit near outdoor air (~400 ppm).
+    "co2": DetectorParams(
+        noise_floor=15.0, max_rate=100.0, drift=120.0, drift_fast_s=3600.0, drift_mode="night"
+    ),
+    "humidity": DetectorParams(noise_floor=0.5, max_rate=2.0, drift=4.0),
     "pm2_5": DetectorParams(noise_floor=2.0, stuck_samples=30, max_rate=50.0),
     "pm10": DetectorParams(noise_floor=3.0, stuck_samples=30, max_rate=50.0),
     "noise": DetectorParams(noise_floor=1.5, max_rate=np.inf),
@@ -78,6 +95,10 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
 }
 
 WINDOW = 48  # recent values per series the statistics are taken from
+DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
+DRIFT_WARM_S = 12 * 3600.0  # drift is judged once a series has this much history
+STEEL_UE_PER_K = 12.0  # prior of the thermal coefficient (DOMAIN.md: 12.2 for steel)
+_NIGHT_UTC_HOURS = (0, 4)  # 01:00-05:00 in Dortmund in winter: rooms empty, CO2 at floor
 MIN_HISTORY = 12  # spike and step need this many values first (the warm-up)
 _NO_TIME = np.iinfo(np.int64).min
 
@@ -123,6 +144,12 @@ class Detectors:
             [x.stuck_samples if x.stuck_samples > 0 else 1 << 62 for x in p], dtype=np.int64
         )
         self.max_rate = np.array([x.max_rate for x in p])
+        self.drift = np.array([x.drift for x in p])
+        self.drift_fast_s = np.array([x.drift_fast_s for x in p])
+        modes = [x.drift_mode for x in p]
+        self.drift_strain = np.array([m == "strain" for m in modes])
+        self.drift_night = np.array([m == "night" for m in modes])
+        self.pair = _temperature_pairs(series)
         self.gap_ns = np.array(
             [
                 x.gap_factor * ser.interval.total_seconds() * 1e9
@@ -137,6 +164,13 @@ class Detectors:
         self.last_value = np.full(n, np.nan)
         self.same_run = np.zeros(n, dtype=np.int64)  # repeats of last_value so far
         self.dev_run = np.zeros(n, dtype=np.int64)  # signed run of step-sized deviations
+        self.fast = np.full(n, np.nan)  # drift: fast and slow moving averages
+        self.slow = np.full(n, np.nan)
+        self.drift_ts = np.full(n, _NO_TIME, dtype=np.int64)  # last update
+        self.drift_since = np.full(n, _NO_TIME, dtype=np.int64)  # first update
+        # Thermal regression of each strain gauge, exponentially weighted sums of T, e, T^2,
+        # T*e, weight (e: strain); the prior enters as pseudo-observations.
+        self.reg = np.zeros((n, 5))
 
     # -- the check -------------------------------------------------------------------------
 
@@ -203,7 +237,94 @@ class Detectors:
         np.maximum(batch.scores[order], scores, out=scores)
         batch.scores[order] = scores
 
+        drifting = self._drift(uniq, inverse, s, t, v, step)
+        flags_drift = np.where(drifting, np.int32(AnomalyFlag.DRIFT), np.int32(0))
+        batch.flags[order] |= flags_drift
+
         self._remember(s, t, v, first, spike, same_len, dev, dev_len)
+
+    def _drift(
+        self,
+        uniq: I64,
+        inverse: I64,
+        s: I64,
+        t: I64,
+        v: F64,
+        step: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.bool_]:
+        """Drift, judged once per series per batch on the batch's mean: the fast moving
+        average leaves the slow one. For strain the signal is the residual after the
+        gauge's thermal regression on its paired temperature; for CO2 only night batches
+        count, so the floor, not the lessons, is compared."""
+        counts = np.bincount(inverse)
+        mean_v = np.bincount(inverse, weights=v) / counts
+        mean_t = (np.bincount(inverse, weights=(t - t[0]).astype(np.float64)) / counts) + t[0]
+        end_t = np.maximum.reduceat(t, np.r_[0, np.flatnonzero(np.diff(s)) + 1])
+        x = mean_v.copy()
+
+        strain = self.drift_strain[uniq] & (self.pair[uniq] >= 0)
+        if strain.any():
+            rows = uniq[strain]
+            # The paired temperature: its mean in this batch, else its last reading.
+            temp_sum = np.bincount(s, weights=v, minlength=len(self.pair))
+            temp_n = np.bincount(s, minlength=len(self.pair))
+            pairs = self.pair[rows]
+            temp = np.where(
+                temp_n[pairs] > 0,
+                temp_sum[pairs] / np.maximum(temp_n[pairs], 1),
+                self.last_value[pairs],
+            )
+            known = np.isfinite(temp)
+            b = self._thermal_slope(rows)
+            x[strain] = np.where(known, mean_v[strain] - b * temp, np.nan)
+            self._learn_thermal(
+                rows[known], temp[known], mean_v[strain][known], end_t[strain][known]
+            )
+
+        night_rows = self.drift_night[uniq]
+        hour = (mean_t // 3_600_000_000_000) % 24
+        is_night = (hour >= _NIGHT_UTC_HOURS[0]) & (hour < _NIGHT_UTC_HOURS[1])
+        usable = np.isfinite(x) & np.isfinite(self.drift[uniq]) & (~night_rows | is_night)
+        rows = uniq[usable]
+        xs = x[usable]
+        te = end_t[usable]
+        prev = self.drift_ts[rows]
+        new = prev == _NO_TIME
+        dt = np.where(new, 0.0, (te - prev) / 1e9)
+        a_fast = 1.0 - np.exp(-np.maximum(dt, 0.0) / self.drift_fast_s[rows])
+        a_slow = 1.0 - np.exp(-np.maximum(dt, 0.0) / DRIFT_SLOW_S)
+        fast = np.where(new, xs, self.fast[rows] + a_fast * (xs - self.fast[rows]))
+        slow = np.where(new, xs, self.slow[rows] + a_slow * (xs - self.slow[rows]))
+        # After a step the new level is the reference: a step is not a drift.
+        stepped = np.bincount(inverse, weights=step, minlength=len(uniq))[usable] > 0
+        fast = np.where(stepped, xs, fast)
+        slow = np.where(stepped, xs, slow)
+        self.fast[rows], self.slow[rows] = fast, slow
+        self.drift_ts[rows] = np.maximum(prev, te)
+        self.drift_since[rows] = np.where(new, te, self.drift_since[rows])
+        warm = (te - self.drift_since[rows]) / 1e9 >= DRIFT_WARM_S
+        hit = np.zeros(len(uniq), dtype=bool)
+        hit[np.flatnonzero(usable)] = warm & (np.abs(fast - slow) > self.drift[rows])
+        return hit[inverse]
+
+    def _thermal_slope(self, rows: I64) -> F64:
+        sx, sy, sxx, sxy, w = self.reg[rows].T
+        with np.errstate(all="ignore"):
+            cov = sxy - sx * sy / w
+            var = sxx - sx * sx / w
+            # Prior: a few kelvin of spread at the steel coefficient, so a gauge with little
+            # temperature history keeps the textbook slope.
+            prior_var = 25.0
+            slope = (cov + STEEL_UE_PER_K * prior_var) / (var + prior_var)
+        return np.where(w > 0, slope, STEEL_UE_PER_K)
+
+    def _learn_thermal(self, rows: I64, temp: F64, strain: F64, ts: I64) -> None:
+        # A memory of about two weeks: seasons change the range, not the coefficient.
+        prev = self.drift_ts[rows]
+        dt = np.where(prev == _NO_TIME, 0.0, np.maximum((ts - prev) / 1e9, 0.0))
+        keep = np.exp(-dt / (14 * 86400.0))[:, None]
+        obs = np.stack([temp, strain, temp * temp, temp * strain, np.ones_like(temp)], axis=1)
+        self.reg[rows] = self.reg[rows] * keep + obs
 
     def _window_stats(self, rows: I64) -> tuple[F64, F64]:
         """Median and MAD of each row's window. Full windows (the usual case) take numpy's
@@ -262,7 +383,10 @@ class Detectors:
 
     # -- state across restarts -----------------------------------------------------------
 
-    _STATE = ("window", "filled", "cursor", "last_ts", "last_value", "same_run", "dev_run")
+    _STATE = (
+        "window", "filled", "cursor", "last_ts", "last_value", "same_run", "dev_run",
+        "fast", "slow", "drift_ts", "drift_since", "reg",
+    )  # fmt: skip
 
     def save(self, path: Path) -> None:
         """Write the state, keyed by series name, so a changed registry still maps it."""
@@ -284,6 +408,30 @@ class Detectors:
             for key in self._STATE:
                 getattr(self, key)[mine] = data[key][theirs]
         return len(pairs)
+
+
+def _temperature_pairs(series: Sequence[Series]) -> I64:
+    """For each strain gauge the temperature that compensates it: the same channel's,
+    else the device's own, else any of the device's; -1 for none or not strain."""
+    by_key = {(x.key.site, x.key.device, x.key.channel, x.key.measurement): x.index for x in series}
+    pair = np.full(len(series), -1, dtype=np.int64)
+    for x in series:
+        if x.key.measurement != "strain":
+            continue
+        site, dev = x.key.site, x.key.device
+        candidates = [
+            by_key.get((site, dev, x.key.channel, "temperature")),
+            by_key.get((site, dev, "", "temperature")),
+            *(
+                i
+                for (si, de, _, me), i in by_key.items()
+                if (si, de, me) == (site, dev, "temperature")
+            ),
+        ]
+        found = next((c for c in candidates if c is not None), None)
+        if found is not None:
+            pair[x.index] = found
+    return pair
 
 
 def build_check(series: Sequence[Series]) -> Detectors:

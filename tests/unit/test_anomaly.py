@@ -216,3 +216,88 @@ def test_state_of_a_changed_registry_maps_by_name(registry: Registry, tmp_path: 
     smaller = parse_registry(REGISTRY.replace("          g1: [strain]\n", ""))
     other = Detectors(smaller.series)
     assert other.load(tmp_path / "state.npz") == len(smaller.series)
+
+
+DRIFT_REGISTRY = """\
+sites:
+  b1:
+    kind: bridge
+    name: B1
+    devices:
+      sg1:
+        interval: 10m
+        channels:
+          g1: [strain, temperature]
+  s1:
+    kind: school
+    name: S1
+    devices:
+      r1:
+        interval: 10m
+        measurements: [co2]
+"""
+TEN_MIN = 600 * 10**9
+
+
+def daily(days: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    ts = T0 - T0 % (86400 * 10**9) + np.arange(days * 144, dtype=np.int64) * TEN_MIN
+    hours = (ts // 3_600_000_000_000) % 24
+    return ts, hours.astype(np.float64)
+
+
+def feed_pair(
+    det: Detectors,
+    ts: npt.NDArray[np.int64],
+    strain: npt.NDArray[np.float64],
+    temp: npt.NDArray[np.float64],
+) -> npt.NDArray[np.int32]:
+    """Strain (series 0) and its temperature (series 1), an hour of both per batch."""
+    flags = np.zeros(len(ts), dtype=np.int32)
+    for i in range(0, len(ts), 6):
+        sl = slice(i, i + 6)
+        n = len(ts[sl])
+        b = ReadingBatch(
+            np.r_[np.zeros(n), np.ones(n)].astype(np.int32),
+            np.r_[ts[sl], ts[sl]],
+            np.r_[strain[sl], temp[sl]],
+            np.zeros(2 * n, np.int32),
+            np.zeros(2 * n, np.float32),
+        )
+        det.check(b)
+        flags[sl] = b.flags[:n]
+    return flags
+
+
+def test_strain_drift_is_found_after_temperature_compensation() -> None:
+    reg = parse_registry(DRIFT_REGISTRY)
+    ts, hours = daily(6)
+    rng = np.random.default_rng(5)
+    temp = 8 + 5 * np.sin((hours - 9) / 24 * 2 * np.pi) + rng.normal(0, 0.05, len(ts))
+    strain = 12.1 * temp - 40 + rng.normal(0, 1.0, len(ts))  # 120 microstrain of daily swing
+    clean = feed_pair(Detectors(reg.series), ts, strain, temp)
+    assert not has(clean, AnomalyFlag.DRIFT).any()
+
+    drifted = strain.copy()
+    start = 4 * 144
+    drifted[start:] += np.linspace(0, 100, len(ts) - start)  # 100 microstrain in two days
+    flags = feed_pair(Detectors(reg.series), ts, drifted, temp)
+    drift = np.flatnonzero(has(flags, AnomalyFlag.DRIFT))
+    assert len(drift) > 0
+    assert drift.min() >= start
+    assert drift.min() < start + 144  # within a day
+
+
+def test_co2_drift_is_judged_on_the_night_floor() -> None:
+    reg = parse_registry(DRIFT_REGISTRY)
+    ts, hours = daily(6)
+    rng = np.random.default_rng(6)
+    lessons = (hours >= 7) & (hours < 13)  # UTC: 08:00-14:00 in Dortmund in winter
+    co2 = 420 + np.where(lessons, 1500.0, 0.0) + rng.normal(0, 10, len(ts))
+    clean = feed(Detectors(reg.series), co2, series=2, step_ns=TEN_MIN, ts=ts, batch=6)
+    assert not has(clean, AnomalyFlag.DRIFT).any()  # lessons are not a drift
+    drifted = co2 + np.clip(np.arange(len(ts)) - 3 * 144, 0, None) * (300 / 144)
+    flags = feed(Detectors(reg.series), drifted, series=2, step_ns=TEN_MIN, ts=ts, batch=6)
+    drift = np.flatnonzero(has(flags, AnomalyFlag.DRIFT))
+    assert len(drift) > 0
+    assert drift.min() >= 3 * 144
+    assert (hours[drift] < 4).all()  # judged at night
