@@ -6,12 +6,14 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics
 
-.PHONY: help uv tools sync lint typecheck test test-unit test-integration demo bench clean
+.PHONY: help uv tools sync lint typecheck test test-unit test-integration demo bench eval-anomaly bench-anomaly clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
 	@echo "make test   - set up and run lint, type checks and the whole test suite"
 	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
+	@echo "make eval-anomaly  - detector precision/recall on labelled simulator traces"
+	@echo "make bench-anomaly - the anomaly check's speed against a per-sample reference"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || { \
@@ -61,6 +63,14 @@ demo: sync
 
 bench: tools sync
 	$(UV) run python -m bench.run
+
+# Labelled simulator traces with injected faults: precision, recall and F1 per detector.
+eval-anomaly: sync
+	$(UV) run python -m bench.eval_anomaly
+
+# The anomaly check alone against a per-sample Python implementation of it.
+bench-anomaly: sync
+	$(UV) run python -m bench.anomaly_speed
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache stadtpuls-demo bench-results

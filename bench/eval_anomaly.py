@@ -31,16 +31,20 @@ Scoring (pure functions below, unit-tested in ``tests/unit/test_eval_anomaly.py`
   flags at least one sample of that series inside its detection span. The span is the fault
   window [start, end), except: step and drift are lasting states that need some samples to
   be told from noise, and a detection days late is of little use, so their span is the
-  window cut to one day (``grace_ns``) after the onset, whichever ends first; a gap has no
-  samples, so its span reaches ``slack_ns`` (1 h) past the gap's end, where the first sample
-  after it lands. "Recall (any flag)" counts a flag of any detector but LIMIT instead.
+  window cut to one day (``grace_ns``) after the onset, whichever ends first; a gap (and an
+  out-of-range stretch) has no samples the check sees, so its span reaches ``slack_ns``
+  (1 h) past its end, where the first reading after it lands. "Recall (any flag)" counts a
+  flag of any detector but LIMIT instead.
 - Events: per series and detector, maximal runs of flagged samples; runs less than
   ``merge_ns`` (1 h) apart merge into one event, so one fault that a detector flags on and
   off counts once.
 - Precision per detector: its events in the FAULTY runs that overlap a window of the
-  matching fault kind on the same series (the window being the detection span without the
-  step/drift cut: a flag late in a drift is right, just late), over all its events in the
-  FAULTY runs. F1 combines this precision with the recall above.
+  matching fault kind on the same series, over all its events in the FAULTY runs. The
+  window is the detection span, except that a drift's is not cut: a drift keeps changing
+  through its window, so a late flag is right, just late; a step is one change at its
+  onset, and a STEP event days later on the offset series is about something else. GAP
+  also matches out_of_range windows (a quarantined stretch is silence to the check). F1
+  combines this precision with the recall above.
 - False alarms per sensor-week: events of the union of all detectors but LIMIT in the CLEAN
   runs, over (series x weeks). LIMIT is a structural finding set by design limits, not a
   data fault, so its events are reported on their own.
@@ -268,8 +272,9 @@ _SILENT: Final[tuple[FaultKind, ...]] = ("gap", "out_of_range")
 
 def detection_span(w: Window, *, grace_ns: int, slack_ns: int) -> tuple[int, int]:
     """[lo, hi) in which a flag of the expected detector counts as detecting ``w``: the
-    window; for step and drift cut to ``grace_ns`` after the onset; for a gap extended by
-    ``slack_ns`` past its end, where the first sample after it lands."""
+    window; for step and drift cut to ``grace_ns`` after the onset; for a gap or an
+    out-of-range stretch extended by ``slack_ns`` past its end, where the first reading the
+    check sees after it lands."""
     if w.kind in ("step", "drift"):
         return w.start_ns, min(w.end_ns, w.start_ns + grace_ns)
     if w.kind in _SILENT:
@@ -277,10 +282,14 @@ def detection_span(w: Window, *, grace_ns: int, slack_ns: int) -> tuple[int, int
     return w.start_ns, w.end_ns
 
 
-def match_span(w: Window, *, slack_ns: int) -> tuple[int, int]:
+def match_span(w: Window, *, grace_ns: int, slack_ns: int) -> tuple[int, int]:
     """[lo, hi) an event must overlap to be a true detection of ``w`` (for precision): the
-    detection span without the step/drift cut, since a late flag is still a right one."""
-    return detection_span(w, grace_ns=w.end_ns - w.start_ns, slack_ns=slack_ns)
+    detection span, but a drift's uncut, since a drift keeps changing through its window
+    and a late flag is right, just late. A step changes once, at its onset: later STEP
+    events on the offset series are about something else, so its span stays cut."""
+    if w.kind == "drift":
+        return w.start_ns, w.end_ns
+    return detection_span(w, grace_ns=grace_ns, slack_ns=slack_ns)
 
 
 @dataclass(frozen=True)
@@ -426,11 +435,13 @@ class DetectorScore:
         return self.true_events / self.events if self.events else None
 
 
-def overlaps(events: Events, windows: Sequence[Window], *, slack_ns: int = HOUR) -> Bool:
+def overlaps(
+    events: Events, windows: Sequence[Window], *, grace_ns: int = DAY, slack_ns: int = HOUR
+) -> Bool:
     """Per event: does it overlap the match span of one of ``windows`` on its series?"""
     hit = np.zeros(len(events), dtype=bool)
     for w in windows:
-        lo, hi = match_span(w, slack_ns=slack_ns)
+        lo, hi = match_span(w, grace_ns=grace_ns, slack_ns=slack_ns)
         hit |= (events.series == w.series) & (events.first_ns < hi) & (events.last_ns >= lo)
     return hit
 
@@ -440,6 +451,7 @@ def score_precision(
     windows: Sequence[Window],
     *,
     merge_ns: int = HOUR,
+    grace_ns: int = DAY,
     slack_ns: int = HOUR,
 ) -> dict[str, DetectorScore]:
     """Per detector: events in ``trace`` (the faulty runs), and how many overlap a window of
@@ -451,8 +463,8 @@ def score_precision(
         events = trace_events(trace, bit, merge_ns)
         kinds = MATCHING_KINDS.get(name, ())
         mine = [w for w in windows if w.kind in kinds]
-        true = int(overlaps(events, mine, slack_ns=slack_ns).sum()) if mine else 0
-        out[name] = DetectorScore(name, len(events), true)
+        true = overlaps(events, mine, grace_ns=grace_ns, slack_ns=slack_ns)
+        out[name] = DetectorScore(name, len(events), int(true.sum()))
     return out
 
 
@@ -504,7 +516,9 @@ class EvalConfig:
     per_kind: int = 6  # faults of each target kind per seed
     gaps: int = 2  # gap faults per seed
     lead_ns: int = DAY  # no fault starts earlier: detectors have a day of history first
-    margin_ns: int = 12 * HOUR  # least time between two faults on one series
+    # Least time between two faults on one series: one label per window, and the series
+    # (and the check's state of it) settles before the next fault.
+    margin_ns: int = 12 * HOUR
     grace_ns: int = DAY
     merge_ns: int = HOUR
     slack_ns: int = HOUR
@@ -791,7 +805,11 @@ def evaluate(config: EvalConfig, factory: CheckFactory | None = None) -> Report:
             faulty_all, windows, grace_ns=config.grace_ns, slack_ns=config.slack_ns
         ),
         precision=score_precision(
-            faulty_all, windows, merge_ns=config.merge_ns, slack_ns=config.slack_ns
+            faulty_all,
+            windows,
+            merge_ns=config.merge_ns,
+            grace_ns=config.grace_ns,
+            slack_ns=config.slack_ns,
         ),
         clean_counts={
             d: events_per_series(clean_all, bit, n * runs, config.merge_ns)
@@ -840,9 +858,10 @@ def format_report(report: Report) -> str:
         f"{report.readings:,} readings checked in {report.check_seconds:.1f} s "
         f"({report.readings / max(report.check_seconds, 1e-9) / 1e6:.2f} M/s)",
         "",
-        "Recall per fault type (faulty runs; step/drift: flagged within "
-        f"{cfg.grace_ns / HOUR:.0f} h of onset; samples hit: share of the labelled samples "
-        "the detector flagged, low where it flags only the onset of a lasting fault)",
+        f"Recall per fault type (faulty runs; step/drift: flagged within {cfg.grace_ns / HOUR:.0f}"
+        " h of onset)",
+        "(samples hit: share of the labelled samples the detector flagged; low where it flags"
+        " only the onset of a lasting fault)",
         f"{'fault':<13}{'detector':<10}{'windows':>8}{'recall':>8}{'target':>8}"
         f"{'any flag':>10}{'median delay':>14}{'samples hit':>13}",
     ]

@@ -54,6 +54,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DetectorsModel(_Strict):
+    """Anomaly detector settings (README, "Anomaly flags"); each one left out keeps the
+    measurement's default. Units are the measurement's own."""
+
+    noise_floor: float | None = Field(default=None, gt=0)
+    spike_z: float | None = Field(default=None, gt=0)
+    step_z: float | None = Field(default=None, gt=0)
+    step_samples: int | None = Field(default=None, ge=1)
+    stuck_samples: int | None = Field(default=None, ge=0, description="0 turns it off")
+    max_rate: float | None = Field(default=None, gt=0, description="per second")
+    gap_factor: float | None = Field(default=None, gt=1)
+    drift: float | None = Field(default=None, gt=0)
+
+    def settings(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class OverrideModel(_Strict):
     """Per-device narrowing of a measurement's range, and its thresholds."""
 
@@ -64,6 +81,7 @@ class OverrideModel(_Strict):
     )
     warn: float | None = None
     alarm: float | None = None
+    detectors: DetectorsModel | None = None
 
 
 class DeviceModel(_Strict):
@@ -88,6 +106,8 @@ class SiteModel(_Strict):
 
 
 class RegistryModel(_Strict):
+    # Detector settings per measurement, for every device; a device's override wins.
+    detectors: dict[str, DetectorsModel] = Field(default_factory=dict)
     sites: dict[Id, SiteModel]
 
 
@@ -171,6 +191,8 @@ class Series:
     warn: float | None
     alarm: float | None
     interval: timedelta
+    # Detector settings from the registry (measurement-wide, then the device's own).
+    detectors: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -237,6 +259,14 @@ class Registry:
                         warn=None if ov is None else ov.warn,
                         alarm=None if ov is None else ov.alarm,
                         interval=dm.interval,
+                        detectors={
+                            **(
+                                model.detectors[meas_name].settings()
+                                if meas_name in model.detectors
+                                else {}
+                            ),
+                            **(ov.detectors.settings() if ov and ov.detectors else {}),
+                        },
                     )
                     all_series.append(s)
                     by_name[key.name] = s

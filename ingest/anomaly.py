@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -132,7 +132,8 @@ class Detectors:
         self, series: Sequence[Series], params: dict[str, DetectorParams] | None = None
     ) -> None:
         table = DEFAULT_PARAMS if params is None else params
-        p = [table[s.key.measurement] for s in series]
+        # The registry's settings (measurement-wide, then the device's) over the defaults.
+        p = [replace(table[x.key.measurement], **_settings(x)) for x in series]
         n = len(series)
         self.names = [f"{s.key.site}/{s.key.device}/{s.key.name}" for s in series]
         self.limit = np.array([abs(s.limit) if s.limit else np.inf for s in series])
@@ -408,6 +409,11 @@ class Detectors:
             for key in self._STATE:
                 getattr(self, key)[mine] = data[key][theirs]
         return len(pairs)
+
+
+def _settings(series: Series) -> dict[str, Any]:
+    # The registry validated names and types (devices.registry.DetectorsModel).
+    return dict(series.detectors)
 
 
 def _temperature_pairs(series: Sequence[Series]) -> I64:

@@ -301,3 +301,18 @@ def test_co2_drift_is_judged_on_the_night_floor() -> None:
     assert len(drift) > 0
     assert drift.min() >= 3 * 144
     assert (hours[drift] < 4).all()  # judged at night
+
+
+def test_detector_settings_come_from_the_registry() -> None:
+    text = REGISTRY.replace(
+        "          strain: {limit: 900}\n",
+        "          strain: {limit: 900}\n          g2/strain: {detectors: {stuck_samples: 0}}\n",
+    )
+    reg = parse_registry("detectors:\n  strain: {stuck_samples: 5}\n" + text)
+    det = Detectors(reg.series)
+    v = quiet(60)
+    v[20:40] = v[20]
+    g1 = feed(det, v, series=G1)
+    g2 = feed(det, v, series=G2)
+    assert np.flatnonzero(has(g1, AnomalyFlag.STUCK)).min() == 24  # the fifth identical
+    assert not has(g2, AnomalyFlag.STUCK).any()  # turned off for this gauge
