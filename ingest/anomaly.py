@@ -80,17 +80,25 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         drift_fast_s=2 * 3600.0,
         drift_mode="strain",
     ),
-    "temperature": DetectorParams(noise_floor=0.1, max_rate=0.5, drift=1.5),
-    "inclination": DetectorParams(noise_floor=0.002, max_rate=0.5, drift=0.008),
+    # Weather moves all temperatures (and humidities) of a site together: a sensor is
+    # compared with the others of its site, which leaves no daily cycle to average out.
+    "temperature": DetectorParams(
+        noise_floor=0.1, max_rate=0.5, drift=1.5, drift_fast_s=6 * 3600.0, drift_mode="site"
+    ),
+    "inclination": DetectorParams(noise_floor=0.002, max_rate=0.5, drift=0.006),
     "crack_width": DetectorParams(noise_floor=0.005, max_rate=0.5, drift=0.02),
     # CO2 drift is judged on the night floor, which should sit near outdoor air (~400 ppm).
     "co2": DetectorParams(
         noise_floor=15.0, max_rate=100.0, drift=120.0, drift_fast_s=3600.0, drift_mode="night"
     ),
-    "humidity": DetectorParams(noise_floor=0.5, max_rate=2.0, drift=4.0),
-    "pm2_5": DetectorParams(noise_floor=2.0, stuck_samples=30, max_rate=50.0),
-    "pm10": DetectorParams(noise_floor=3.0, stuck_samples=30, max_rate=50.0),
-    "noise": DetectorParams(noise_floor=1.5, max_rate=np.inf),
+    "humidity": DetectorParams(
+        noise_floor=0.5, max_rate=2.0, drift=3.0, drift_fast_s=3 * 3600.0, drift_mode="site"
+    ),
+    "pm2_5": DetectorParams(noise_floor=2.0, stuck_samples=30, max_rate=50.0, drift=8.0),
+    "pm10": DetectorParams(noise_floor=3.0, stuck_samples=30, max_rate=50.0, drift=12.0),
+    # A classroom's sound level jumps by nature (a lesson starts: 35 to 65 dB): no step,
+    # and a spike must stand more than 36 dB out.
+    "noise": DetectorParams(noise_floor=3.0, spike_z=12.0, step_z=12.0, step_samples=1 << 30),
     "light": DetectorParams(noise_floor=5.0, stuck_samples=0, max_rate=np.inf),
 }
 
@@ -101,6 +109,10 @@ STEEL_UE_PER_K = 12.0  # prior of the thermal coefficient (DOMAIN.md: 12.2 for s
 _NIGHT_UTC_HOURS = (0, 4)  # 01:00-05:00 in Dortmund in winter: rooms empty, CO2 at floor
 MIN_HISTORY = 12  # spike and step need this many values first (the warm-up)
 _NO_TIME = np.iinfo(np.int64).min
+_SHARED_BUCKET_NS = 10 * 1_000_000_000
+# A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
+# loads a gauge near a support far less than one at mid-span.
+_SHARED_Z = 3.0
 
 
 def _links(cont: npt.NDArray[np.bool_], first: npt.NDArray[np.bool_], carry: I64) -> I64:
@@ -151,6 +163,18 @@ class Detectors:
         self.drift_strain = np.array([m == "strain" for m in modes])
         self.drift_night = np.array([m == "night" for m in modes])
         self.pair = _temperature_pairs(series)
+        devices = {(x.key.site, x.key.device) for x in series}
+        device_ids = {d: i for i, d in enumerate(sorted(devices))}
+        self.device = np.array(
+            [device_ids[(x.key.site, x.key.device)] for x in series], dtype=np.int64
+        )
+        sites = {x.key.site: i for i, x in enumerate(series)}
+        self.site = np.array([sites[x.key.site] for x in series], dtype=np.int64)
+        bridge = np.array([x.kind == "bridge" for x in series], dtype=bool)
+        self.group = np.where(bridge, len(device_ids) + self.site, self.device)
+        self.drift_site = np.array([m == "site" for m in modes])
+        measures = {m: i for i, m in enumerate(sorted({x.key.measurement for x in series}))}
+        self.measure = np.array([measures[x.key.measurement] for x in series], dtype=np.int64)
         self.gap_ns = np.array(
             [
                 x.gap_factor * ser.interval.total_seconds() * 1e9
@@ -165,6 +189,7 @@ class Detectors:
         self.last_value = np.full(n, np.nan)
         self.same_run = np.zeros(n, dtype=np.int64)  # repeats of last_value so far
         self.dev_run = np.zeros(n, dtype=np.int64)  # signed run of step-sized deviations
+        self.abrupt = np.zeros(n, dtype=bool)  # did that run begin with a jump?
         self.fast = np.full(n, np.nan)  # drift: fast and slow moving averages
         self.slow = np.full(n, np.nan)
         self.drift_ts = np.full(n, _NO_TIME, dtype=np.int64)  # last update
@@ -214,8 +239,19 @@ class Detectors:
         same_dev = (dev != 0) & (before_dev == dev)
         carry_dev = np.maximum(np.abs(self.dev_run[s]) - 1, 0)
         dev_len = np.where(dev != 0, _links(same_dev, first, carry_dev) + 1, 0)
-        step = dev_len >= self.step_samples[s]
-        spike = (absz > self.spike_z[s]) & (dev_len == 1)
+        # The environment moves several series of a device at once (a lorry loads every
+        # gauge, an opened window moves CO2, temperature and humidity together); a sensor
+        # fault moves one. A deviation shared with another series at that moment is not
+        # the sensor's fault.
+        shared = self._shared(s, t, absz > _SHARED_Z)
+        # A step starts with a jump; a lesson filling a room with CO2 starts gradually.
+        idx = np.arange(len(s))
+        series_start = np.maximum.accumulate(np.where(first, idx, 0))
+        onset = idx - np.maximum(dev_len - 1, 0)
+        jumped = np.abs(v - prev_v) > self.step_z[s] * sigma
+        abrupt = np.where(onset >= series_start, jumped[np.maximum(onset, 0)], self.abrupt[s])
+        step = (dev_len >= self.step_samples[s]) & abrupt & ~shared
+        spike = (absz > self.spike_z[s]) & (dev_len == 1) & ~shared
         flags |= np.where(step, np.int32(AnomalyFlag.STEP), np.int32(0))
         flags |= np.where(spike, np.int32(AnomalyFlag.SPIKE), np.int32(0))
         np.maximum(scores, (absz / self.spike_z[s]).astype(np.float32), out=scores)
@@ -242,7 +278,32 @@ class Detectors:
         flags_drift = np.where(drifting, np.int32(AnomalyFlag.DRIFT), np.int32(0))
         batch.flags[order] |= flags_drift
 
-        self._remember(s, t, v, first, spike, same_len, dev, dev_len)
+        self._remember(s, t, v, first, spike, same_len, dev, dev_len, abrupt)
+
+    def _shared(self, s: I64, t: I64, deviating: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """For each sample: does another series of its group deviate within the same
+        ten seconds? The group is the bridge (a lorry loads all its gauges) or the room."""
+        if not deviating.any():
+            return np.zeros(len(s), dtype=bool)
+        # Two bucketings half a bucket apart, so that readings of unsynchronised devices
+        # a few seconds apart share a bucket in at least one of them.
+        half = _SHARED_BUCKET_NS // 2
+        return self._shared_in(s, t // _SHARED_BUCKET_NS, deviating) | self._shared_in(
+            s, (t + half) // _SHARED_BUCKET_NS, deviating
+        )
+
+    def _shared_in(self, s: I64, t: I64, deviating: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        d = self.group[s]
+        order = np.lexsort((t, d))
+        dd, tt = d[order], t[order]
+        start = np.ones(len(order), dtype=bool)
+        start[1:] = (dd[1:] != dd[:-1]) | (tt[1:] != tt[:-1])
+        group = np.cumsum(start) - 1
+        per_group = np.bincount(group, weights=deviating[order])
+        others = per_group[group] - deviating[order]
+        shared = np.empty(len(s), dtype=bool)
+        shared[order] = others > 0
+        return shared
 
     def _drift(
         self,
@@ -281,6 +342,19 @@ class Detectors:
             self._learn_thermal(
                 rows[known], temp[known], mean_v[strain][known], end_t[strain][known]
             )
+
+        # Compared with the other series of the same measurement at the site: weather moves
+        # them all, a drifting sensor only itself.
+        rel = self.drift_site[uniq]
+        if rel.any():
+            key = self.site[uniq] * 64 + self.measure[uniq]
+            _, k = np.unique(key, return_inverse=True)
+            total = np.bincount(k, weights=np.where(rel, mean_v, 0.0))
+            count = np.bincount(k, weights=rel.astype(np.float64))
+            others = count[k] - 1
+            with np.errstate(all="ignore"):
+                other_mean = (total[k] - mean_v) / others
+            x = np.where(rel & (others > 0), mean_v - other_mean, x)
 
         night_rows = self.drift_night[uniq]
         hour = (mean_t // 3_600_000_000_000) % 24
@@ -357,10 +431,12 @@ class Detectors:
         same_len: I64,
         dev: F64,
         dev_len: I64,
+        abrupt: npt.NDArray[np.bool_],
     ) -> None:
         last = np.ones(len(s), dtype=bool)
         last[:-1] = s[1:] != s[:-1]
         ls = s[last]
+        self.abrupt[ls] = abrupt[last]
         self.last_ts[ls] = np.maximum(self.last_ts[ls], t[last])
         self.last_value[ls] = v[last]
         self.same_run[ls] = same_len[last]
@@ -386,7 +462,7 @@ class Detectors:
 
     _STATE = (
         "window", "filled", "cursor", "last_ts", "last_value", "same_run", "dev_run",
-        "fast", "slow", "drift_ts", "drift_since", "reg",
+        "abrupt", "fast", "slow", "drift_ts", "drift_since", "reg",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:
