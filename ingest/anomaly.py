@@ -10,18 +10,25 @@ Statistics are computed once per series per batch, from the window as it stood b
 batch, and applied to every sample of the batch: the cost is a few array passes per batch
 instead of a rolling median per sample.
 
-Detectors, each a flag bit of ``AnomalyFlag`` (README, "Anomaly flags"):
+Detectors, each a flag bit of ``AnomalyFlag`` (the README's "Anomaly detection" says why
+each exists and what its defaults are):
 
 - ``limit`` (structure): |value| beyond a gauge's design limit from the registry.
-- ``spike`` (sensor): an isolated value far from the window's median, in robust standard
+- ``spike`` (sensor): a lone value far from the window's median, in robust standard
   deviations (1.4826 x MAD, never below the measurement's noise floor, so a constant
   series does not turn every change into a spike).
-- ``step`` (sensor): several consecutive values on the same side of the window's median
-  beyond a smaller threshold: a lasting offset rather than a single outlier.
+- ``step`` (sensor): consecutive values on the same side of the window's median beyond a
+  smaller threshold, the first of them a jump: a lasting offset, not a gradual rise.
 - ``stuck`` (sensor): the same value repeated where the measurement always varies.
 - ``rate`` (sensor): change between consecutive readings faster than the physics allows.
-- ``gap`` (sensor): the first reading after more than ``gap_factor`` expected intervals
-  of silence.
+- ``gap`` (sensor): the first reading after more than ``gap_factor`` expected intervals.
+- ``drift`` (sensor): a fast moving average leaving a slow one, on a signal without the
+  normal cycles: strain after temperature compensation, temperature and humidity against
+  the rest of the site, CO2 at night.
+
+Spike and step stay quiet when another series of the same bridge or device deviates at
+the same moment: the environment (a lorry, an opened window) moves several sensors, a
+faulty sensor only itself.
 """
 
 from __future__ import annotations
