@@ -33,6 +33,7 @@ faulty sensor only itself.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -189,6 +190,7 @@ class Detectors:
             ]
         )
         # State.
+        self._lock = threading.Lock()
         self.window = np.full((n, WINDOW), np.nan)
         self.filled = np.zeros(n, dtype=np.int64)
         self.cursor = np.zeros(n, dtype=np.int64)
@@ -210,6 +212,10 @@ class Detectors:
     def check(self, batch: ReadingBatch) -> None:
         if len(batch) == 0:
             return
+        with self._lock:  # a snapshot (save) must not see half a batch
+            self._check(batch)
+
+    def _check(self, batch: ReadingBatch) -> None:
         order = np.lexsort((batch.ts_ns, batch.series))
         s = batch.series[order].astype(np.int64)
         t = batch.ts_ns[order]
@@ -475,7 +481,9 @@ class Detectors:
     def save(self, path: Path) -> None:
         """Write the state, keyed by series name, so a changed registry still maps it."""
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, names=np.array(self.names), **{k: getattr(self, k) for k in self._STATE})
+        with self._lock:
+            state = {k: getattr(self, k).copy() for k in self._STATE}
+        np.savez(tmp, names=np.array(self.names), **state)
         tmp.replace(path)
 
     def load(self, path: Path) -> int:

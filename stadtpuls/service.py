@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry
 from devices.topics import TopicScheme
 from ingest.anomaly import Detectors
+from ingest.batch import ReadingBatch
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, Pipeline
 from ingest.stores.base import Store
@@ -81,6 +83,22 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
     )
 
 
+class _StateSaver:
+    """Saves the anomaly state a minute after the last save, so a crash loses at most a
+    minute of it; it runs on the commit thread, after the acknowledgement."""
+
+    def __init__(self, detectors: Detectors, path: Path, every_s: float = 60.0) -> None:
+        self.detectors = detectors
+        self.path = path
+        self.every_s = every_s
+        self._saved = time.monotonic()
+
+    def batch_committed(self, batch: ReadingBatch) -> None:
+        if time.monotonic() - self._saved >= self.every_s:
+            self.detectors.save(self.path)
+            self._saved = time.monotonic()
+
+
 class _InfluxCollector(Collector):
     """Exposes the InfluxDB drain's counters, which its thread keeps as plain integers."""
 
@@ -133,7 +151,7 @@ class Service:
             self.detectors,
             self.store,
             self.metrics,
-            listeners,
+            [*listeners, _StateSaver(self.detectors, self.anomaly_state_path)],
         )
         self.subscriber = MqttSubscriber(
             mqtt_settings(settings),

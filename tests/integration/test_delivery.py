@@ -130,3 +130,16 @@ def test_readiness_follows_the_broker(broker: MosquittoBroker, service: ServiceP
     wait_until(service.ready, 60, "/readyz to recover after the broker is back")
     # Killed before it could save its sessions, the broker forgot ours: subscribed again.
     assert service.metric("stadtpuls_resubscribes_total") == 2
+
+
+def test_anomaly_state_survives_a_restart(
+    tmp_path: Path, broker: MosquittoBroker, service: ServiceProcess
+) -> None:
+    load = start_load(tmp_path, broker.port, count=200, rate=400, name="state")
+    acked = load.finish()
+    wait_until(lambda: count_strain(service.db) >= len(acked), 30, "the readings stored")
+    service.stop()
+    state = service.workdir / "data" / "anomaly-state.npz"
+    assert state.exists()
+    service.start()
+    assert "anomaly state restored for" in service.output_path.read_text()
