@@ -306,14 +306,20 @@ class Detectors:
         )
 
     def _shared_in(self, s: I64, t: I64, deviating: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        # Counted per series, not per reading: a series' own readings in the bucket (1 Hz
+        # data, a redelivered copy) must not vouch for each other.
         d = self.group[s]
-        order = np.lexsort((t, d))
-        dd, tt = d[order], t[order]
-        start = np.ones(len(order), dtype=bool)
-        start[1:] = (dd[1:] != dd[:-1]) | (tt[1:] != tt[:-1])
-        group = np.cumsum(start) - 1
-        per_group = np.bincount(group, weights=deviating[order])
-        others = per_group[group] - deviating[order]
+        order = np.lexsort((s, t, d))
+        dd, tt, ss = d[order], t[order], s[order]
+        new_cell = np.ones(len(order), dtype=bool)
+        new_cell[1:] = (dd[1:] != dd[:-1]) | (tt[1:] != tt[:-1])
+        new_series = new_cell.copy()
+        new_series[1:] |= ss[1:] != ss[:-1]
+        cell = np.cumsum(new_cell) - 1
+        member = np.cumsum(new_series) - 1  # one per (cell, series)
+        member_deviates = np.bincount(member, weights=deviating[order]) > 0
+        per_cell = np.bincount(cell[new_series], weights=member_deviates)
+        others = per_cell[cell] - member_deviates[member]
         shared = np.empty(len(s), dtype=bool)
         shared[order] = others > 0
         return shared

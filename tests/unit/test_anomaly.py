@@ -316,3 +316,37 @@ def test_detector_settings_come_from_the_registry() -> None:
     g2 = feed(det, v, series=G2)
     assert np.flatnonzero(has(g1, AnomalyFlag.STUCK)).min() == 24  # the fifth identical
     assert not has(g2, AnomalyFlag.STUCK).any()  # turned off for this gauge
+
+
+def test_a_step_at_one_hertz_is_not_vouched_for_by_its_own_readings(
+    registry: Registry,
+) -> None:
+    """At 1 Hz a series has ten readings in the ten seconds in which another series must
+    deviate too; its own readings do not count as that other series."""
+    v = quiet(300)
+    v[150:] += 60.0
+    flags = feed(Detectors(registry.series), v, step_ns=10**9, batch=50)
+    assert has(flags, AnomalyFlag.STEP)[152]
+
+
+def test_a_gauge_moving_with_its_neighbour_is_load_not_a_fault(registry: Registry) -> None:
+    det = Detectors(registry.series)
+    n = 200
+    ts = T0 + np.arange(n, dtype=np.int64) * TEN_S
+    a, b = quiet(n, 100.0, seed=8), quiet(n, -200.0, seed=9)
+    a[120] += 70.0  # a lorry: both gauges at once
+    b[120] += 30.0
+    a[160] += 70.0  # a fault: one gauge alone
+    spikes = []
+    for lo in range(0, n, 20):  # twenty readings of each gauge per batch
+        sl = slice(lo, lo + 20)
+        batch = ReadingBatch(
+            np.r_[np.full(20, G1), np.full(20, G2)].astype(np.int32),
+            np.r_[ts[sl], ts[sl]],
+            np.r_[a[sl], b[sl]],
+            np.zeros(40, np.int32),
+            np.zeros(40, np.float32),
+        )
+        det.check(batch)
+        spikes += [lo + int(i) for i in np.flatnonzero(has(batch.flags, AnomalyFlag.SPIKE))]
+    assert spikes == [160]
