@@ -14,10 +14,10 @@ Semantics (those of ``Detectors``, which the oracle test holds both to):
   series' samples in the batch; with fewer than ``MIN_HISTORY`` values there is no z-score
   (it counts as 0). Sigma is 1.4826 x MAD, never below the measurement's noise floor.
 - A sample deviates when |z| > ``step_z``. Deviating samples on the same side form a run,
-  which continues across batches. A sample is *shared* when another sample of the batch
-  with |z| > 3 falls into the same 10 s bucket of the same group (a bridge site, or a
-  school device), in either of two bucketings half a bucket apart (``t // 10 s`` and
-  ``(t + 5 s) // 10 s``). As in ``Detectors``, that other sample may be of the same series.
+  which continues across batches. A sample is *shared* when another series of its group
+  (a bridge site, or a school device) has a sample in the batch with |z| > 3 in the same
+  10 s bucket, in either of two bucketings half a bucket apart (``t // 10 s`` and
+  ``(t + 5 s) // 10 s``). The series' own readings never count.
 - step: a run of at least ``step_samples``, not shared, whose first sample jumped by more
   than ``step_z`` x sigma from the reading before it. spike: beyond ``spike_z``, the first
   sample of a run, not shared.
@@ -33,16 +33,16 @@ Semantics (those of ``Detectors``, which the oracle test holds both to):
   the gauge's thermal regression on its paired temperature; for ``drift_mode="site"`` the
   mean less the mean of the other series of that measurement and site in the batch; for
   ``drift_mode="night"`` only batches whose mean time falls in the night hours):
-  exponential fast and slow averages of x, reset to x
-  by a step in the batch; once the series has ``DRIFT_WARM_S`` of drift history, all its
-  samples of the batch are flagged when the averages part by more than ``drift``.
+  exponential fast and slow averages of x, reset to x by a step in the batch; once the
+  series has ``DRIFT_WARM_S`` of drift history, all its samples of the batch are flagged
+  when the averages part by more than ``drift``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter, deque
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import groupby
@@ -178,10 +178,11 @@ class ReferenceDetectors:
         flags = [0] * n
         scores = [0.0] * n
         order = sorted(range(n), key=lambda i: (series[i], ts[i]))  # sorted() is stable
+        t0 = ts[order[0]]
         groups = {k: _Batch(list(g)) for k, g in groupby(order, key=lambda i: series[i])}
 
         # Statistics from the windows as they stood before the batch, and the deviations.
-        stats: dict[int, tuple[bool, float, float]] = {}
+        sigmas: dict[int, float] = {}
         z = [0.0] * n
         deviation = [0] * n
         for k, g in groups.items():
@@ -192,24 +193,23 @@ class ReferenceDetectors:
                 med = statistics.median(window)
                 mad = statistics.median([abs(x - med) for x in window])
                 sigma = max(1.4826 * mad, p.noise_floor)
-            stats[k] = (warm, med, sigma)
+            sigmas[k] = sigma
             for i in g.samples:
                 z[i] = (values[i] - med) / sigma if warm else 0.0
                 if abs(z[i]) > p.step_z:
                     deviation[i] = 1 if z[i] > 0 else -1
 
-        # Samples far off per group and 10 s bucket (two bucketings), to tell shared ones.
-        moving = Counter(
-            key
-            for i in range(n)
-            if abs(z[i]) > SHARED_Z
-            for key in self._buckets(self._config[series[i]].group, ts[i])
-        )
+        # The series with a sample far off, per group and 10 s bucket (two bucketings).
+        moving: dict[Bucket, set[int]] = defaultdict(set)
+        for i in range(n):
+            if abs(z[i]) > SHARED_Z:
+                for key in self._buckets(self._config[series[i]].group, ts[i]):
+                    moving[key].add(series[i])
 
         for k, g in groups.items():
             cfg, st = self._config[k], self._state[k]
             p = cfg.params
-            warm, med, sigma = stats[k]
+            sigma = sigmas[k]
             prev_t, prev_v = st.last_ts, st.last_value
             same_run, dev_run, abrupt = st.same_run, st.dev_run, st.abrupt
             for i in g.samples:
@@ -232,7 +232,7 @@ class ReferenceDetectors:
                     abrupt = abs(v - prev_v) > p.step_z * sigma
                 step = abs(dev_run) >= p.step_samples and abrupt
                 spike = absz > p.spike_z and abs(dev_run) == 1
-                if (step or spike) and self._shared(moving, cfg.group, t, absz > SHARED_Z):
+                if (step or spike) and self._shared(moving, cfg.group, t, k):
                     step = spike = False
                 if step:
                     f |= STEP
@@ -261,7 +261,7 @@ class ReferenceDetectors:
                 if not spike:  # spikes stay out of the window
                     st.window.append(v)
                 g.sum_v += v
-                g.sum_dt += float(t - ts[order[0]])
+                g.sum_dt += float(t - t0)
                 prev_t, prev_v = t, v
             # The group is in time order, so its last reading has its latest time.
             g.end_t = t
@@ -269,14 +269,16 @@ class ReferenceDetectors:
             st.last_value = v
             st.same_run, st.dev_run, st.abrupt = same_run, dev_run, abrupt
 
-        self._drift(groups, ts[order[0]], flags)
+        self._drift(groups, t0, flags)
         batch.flags |= np.array(flags, dtype=np.int32)
         np.maximum(batch.scores, np.array(scores, dtype=np.float32), out=batch.scores)
 
     @classmethod
-    def _shared(cls, moving: Counter[Bucket], group: tuple[str, ...], t: int, me: bool) -> bool:
-        """Does another sample far off share a bucket with this one?"""
-        return any(moving[key] - me > 0 for key in cls._buckets(group, t))
+    def _shared(
+        cls, moving: dict[Bucket, set[int]], group: tuple[str, ...], t: int, me: int
+    ) -> bool:
+        """Is another series of the group far off in a bucket of this sample?"""
+        return any(moving.get(key, set()) - {me} for key in cls._buckets(group, t))
 
     @staticmethod
     def _buckets(group: tuple[str, ...], t: int) -> tuple[Bucket, Bucket]:

@@ -137,6 +137,17 @@ def _links(cont: npt.NDArray[np.bool_], first: npt.NDArray[np.bool_], carry: I64
     return np.where(cont, idx - start + before, 0)
 
 
+def _series_time_order(series: npt.NDArray[np.int32], ts: I64) -> I64:
+    """Readings sorted by series, then time. Readings usually arrive in time order per
+    series, so a stable sort by series (a radix sort for int32) is enough; the full
+    two-key sort runs only when some series' times go backwards."""
+    order = np.argsort(series, kind="stable")
+    s, t = series[order], ts[order]
+    if (t[1:] < t[:-1])[s[1:] == s[:-1]].any():
+        return np.lexsort((ts, series))
+    return order
+
+
 def _shifted(a: npt.NDArray[T]) -> npt.NDArray[T]:
     """``a`` moved one place later; the first element is left as it was (callers replace
     it with the series' state)."""
@@ -216,7 +227,7 @@ class Detectors:
             self._check(batch)
 
     def _check(self, batch: ReadingBatch) -> None:
-        order = np.lexsort((batch.ts_ns, batch.series))
+        order = _series_time_order(batch.series, batch.ts_ns)
         s = batch.series[order].astype(np.int64)
         t = batch.ts_ns[order]
         v = batch.values[order]
@@ -238,7 +249,8 @@ class Detectors:
         np.maximum(scores, ratio.astype(np.float32), out=scores)
 
         # Window statistics, once per series present, from the state before this batch.
-        uniq, inverse = np.unique(s, return_inverse=True)
+        uniq = s[first]
+        inverse = np.cumsum(first) - 1
         med_u, mad_u = self._window_stats(uniq)
         med = med_u[inverse]
         sigma = np.maximum(1.4826 * np.nan_to_num(mad_u[inverse]), self.floor[s])
@@ -256,7 +268,8 @@ class Detectors:
         # gauge, an opened window moves CO2, temperature and humidity together); a sensor
         # fault moves one. A deviation shared with another series at that moment is not
         # the sensor's fault.
-        shared = self._shared(s, t, absz > _SHARED_Z)
+        candidate = (dev != 0) | (absz > self.spike_z[s])
+        shared = self._shared(s, t, absz > _SHARED_Z, candidate)
         # A step starts with a jump; a lesson filling a room with CO2 starts gradually.
         idx = np.arange(len(s))
         series_start = np.maximum.accumulate(np.where(first, idx, 0))
@@ -293,17 +306,28 @@ class Detectors:
 
         self._remember(s, t, v, first, spike, same_len, dev, dev_len, abrupt)
 
-    def _shared(self, s: I64, t: I64, deviating: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-        """For each sample: does another series of its group deviate within the same
-        ten seconds? The group is the bridge (a lorry loads all its gauges) or the room."""
-        if not deviating.any():
-            return np.zeros(len(s), dtype=bool)
+    def _shared(
+        self,
+        s: I64,
+        t: I64,
+        deviating: npt.NDArray[np.bool_],
+        candidate: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.bool_]:
+        """For each candidate reading: does another series of its group deviate within
+        the same ten seconds? The group is the bridge (a lorry loads all its gauges) or the
+        device. Only deviating and candidate readings take part: usually a handful."""
+        idx = np.flatnonzero(deviating | candidate)
+        shared = np.zeros(len(s), dtype=bool)
+        if len(idx) < 2:
+            return shared
+        ds, dt, dd = s[idx], t[idx], deviating[idx]
         # Two bucketings half a bucket apart, so that readings of unsynchronised devices
         # a few seconds apart share a bucket in at least one of them.
         half = _SHARED_BUCKET_NS // 2
-        return self._shared_in(s, t // _SHARED_BUCKET_NS, deviating) | self._shared_in(
-            s, (t + half) // _SHARED_BUCKET_NS, deviating
+        shared[idx] = self._shared_in(ds, dt // _SHARED_BUCKET_NS, dd) | self._shared_in(
+            ds, (dt + half) // _SHARED_BUCKET_NS, dd
         )
+        return shared & candidate
 
     def _shared_in(self, s: I64, t: I64, deviating: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
         # Counted per series, not per reading: a series' own readings in the bucket (1 Hz
