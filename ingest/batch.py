@@ -116,11 +116,18 @@ class ReadingBatch:
         values = np.concatenate(
             [np.array(vals, np.float64), *(np.asarray(p.values) for p in arrays)]
         )
-        n = len(values)
+        return cls.unchecked(series, ts_ns, values)
+
+    @classmethod
+    def unchecked(
+        cls, series: npt.ArrayLike, ts_ns: npt.ArrayLike, values: npt.ArrayLike
+    ) -> ReadingBatch:
+        """Readings before the anomaly check: no flags, zero scores."""
+        v = np.asarray(values, dtype=np.float64)
         return cls(
-            series.astype(np.int32, copy=False),
-            ts_ns.astype(np.int64, copy=False),
-            values.astype(np.float64, copy=False),
-            np.zeros(n, np.int32),
-            np.zeros(n, np.float32),
+            np.asarray(series, dtype=np.int32),
+            np.asarray(ts_ns, dtype=np.int64),
+            v,
+            np.zeros(len(v), np.int32),
+            np.zeros(len(v), np.float32),
         )

@@ -62,13 +62,7 @@ def feed(
     flags = np.zeros(len(values), dtype=np.int32)
     for i in range(0, len(values), batch):
         sl = slice(i, i + batch)
-        b = ReadingBatch(
-            np.full(len(values[sl]), series, np.int32),
-            times[sl].astype(np.int64),
-            values[sl].astype(np.float64),
-            np.zeros(len(values[sl]), np.int32),
-            np.zeros(len(values[sl]), np.float32),
-        )
+        b = ReadingBatch.unchecked(np.full(len(values[sl]), series), times[sl], values[sl])
         det.check(b)
         flags[sl] = b.flags
     return flags
@@ -155,12 +149,8 @@ def test_series_in_one_batch_do_not_mix(registry: Registry) -> None:
     ts = T0 + np.arange(n, dtype=np.int64) * TEN_S
     a, b = quiet(n, 100.0, seed=3), quiet(n, -300.0, seed=4)
     b[90] += 200.0
-    batch = ReadingBatch(
-        np.concatenate([np.full(n, G1), np.full(n, G2)]).astype(np.int32),
-        np.concatenate([ts, ts]),
-        np.concatenate([a, b]),
-        np.zeros(2 * n, np.int32),
-        np.zeros(2 * n, np.float32),
+    batch = ReadingBatch.unchecked(
+        np.r_[np.full(n, G1), np.full(n, G2)], np.r_[ts, ts], np.r_[a, b]
     )
     half = slice(None, None, 2)
     det.check(
@@ -256,12 +246,8 @@ def feed_pair(
     for i in range(0, len(ts), 6):
         sl = slice(i, i + 6)
         n = len(ts[sl])
-        b = ReadingBatch(
-            np.r_[np.zeros(n), np.ones(n)].astype(np.int32),
-            np.r_[ts[sl], ts[sl]],
-            np.r_[strain[sl], temp[sl]],
-            np.zeros(2 * n, np.int32),
-            np.zeros(2 * n, np.float32),
+        b = ReadingBatch.unchecked(
+            np.r_[np.zeros(n), np.ones(n)], np.r_[ts[sl], ts[sl]], np.r_[strain[sl], temp[sl]]
         )
         det.check(b)
         flags[sl] = b.flags[:n]
@@ -340,12 +326,8 @@ def test_a_gauge_moving_with_its_neighbour_is_load_not_a_fault(registry: Registr
     spikes = []
     for lo in range(0, n, 20):  # twenty readings of each gauge per batch
         sl = slice(lo, lo + 20)
-        batch = ReadingBatch(
-            np.r_[np.full(20, G1), np.full(20, G2)].astype(np.int32),
-            np.r_[ts[sl], ts[sl]],
-            np.r_[a[sl], b[sl]],
-            np.zeros(40, np.int32),
-            np.zeros(40, np.float32),
+        batch = ReadingBatch.unchecked(
+            np.r_[np.full(20, G1), np.full(20, G2)], np.r_[ts[sl], ts[sl]], np.r_[a[sl], b[sl]]
         )
         det.check(batch)
         spikes += [lo + int(i) for i in np.flatnonzero(has(batch.flags, AnomalyFlag.SPIKE))]
