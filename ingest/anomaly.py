@@ -296,13 +296,12 @@ class Detectors:
         gap = has_prev & ((t - prev_t) > self.gap_ns[s])
         flags |= np.where(gap, np.int32(AnomalyFlag.GAP), np.int32(0))
 
+        drifting = self._drift(uniq, inverse, s, t, v, step)
+        flags |= np.where(drifting, np.int32(AnomalyFlag.DRIFT), np.int32(0))
+
         batch.flags[order] |= flags
         np.maximum(batch.scores[order], scores, out=scores)
         batch.scores[order] = scores
-
-        drifting = self._drift(uniq, inverse, s, t, v, step)
-        flags_drift = np.where(drifting, np.int32(AnomalyFlag.DRIFT), np.int32(0))
-        batch.flags[order] |= flags_drift
 
         self._remember(s, t, v, first, spike, same_len, dev, dev_len, abrupt)
 
