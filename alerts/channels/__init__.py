@@ -1,0 +1,1 @@
+"""Alert channels: one module each, all behind ``alerts.channels.base.Channel``."""

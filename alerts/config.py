@@ -1,0 +1,189 @@
+"""Alert rules and lifecycle settings, as they appear under ``alerts:`` in the settings file.
+
+The defaults follow DOMAIN.md: the Umweltbundesamt's guidance for classroom air (CO2 above
+1000 ppm: air the room; above 2000 ppm: unacceptable) and each gauge's design limit from the
+registry. Channels are configured by the service's settings, which know their secrets.
+"""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from alerts.model import Severity
+from devices.registry import Duration, parse_duration
+from ingest.batch import AnomalyFlag
+
+
+def _wait(value: object) -> timedelta:
+    """A duration that may be zero: no wait."""
+    if value in (0, 0.0, "0", "0s"):
+        return timedelta(0)
+    return parse_duration(value)
+
+
+Wait = Annotated[timedelta, BeforeValidator(_wait)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ThresholdRule(_Strict):
+    """A level on one measurement, with a separate clear level (hysteresis) and minimum
+    durations. It fires once the value has been beyond ``above`` (or ``below``) for
+    ``for``, and resolves once it has stayed on the safe side of ``clear`` for
+    ``clear_for``; in between, nothing changes."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    measurement: str
+    kind: Literal["bridge", "school"] | None = None
+    site: str | None = None
+    device: str | None = None
+    above: float | None = None
+    below: float | None = None
+    clear: float
+    for_: Wait = Field(default=timedelta(0), alias="for")
+    clear_for: Wait = timedelta(0)
+    severity: Severity = Severity.WARNING
+    magnitude: bool = Field(
+        default=False, description="compare |value|: strain is negative under compression"
+    )
+    summary: str = ""
+
+    @model_validator(mode="after")
+    def _one_side(self) -> Self:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"rule {self.name}: give exactly one of 'above' and 'below'")
+        if self.above is not None and self.clear > self.above:
+            raise ValueError(
+                f"rule {self.name}: 'clear' ({self.clear}) must not lie above 'above' "
+                f"({self.above}), or the alert could never resolve while firing"
+            )
+        if self.below is not None and self.clear < self.below:
+            raise ValueError(
+                f"rule {self.name}: 'clear' ({self.clear}) must not lie below 'below' "
+                f"({self.below})"
+            )
+        return self
+
+
+def default_thresholds() -> list[ThresholdRule]:
+    # The clear levels sit well below the thresholds: a lesson's CO2 hovers near 1000 ppm
+    # for minutes, and an alert that resolves and refires with every breath is noise.
+    return [
+        ThresholdRule.model_validate(
+            {
+                "name": "co2-air-the-room",
+                "measurement": "co2",
+                "kind": "school",
+                "above": 1000.0,
+                "clear": 800.0,
+                "for": "2m",
+                "clear_for": "5m",
+                "severity": "warning",
+                "summary": "above 1000 ppm: air the room (Umweltbundesamt)",
+            }
+        ),
+        ThresholdRule.model_validate(
+            {
+                "name": "co2-unacceptable",
+                "measurement": "co2",
+                "kind": "school",
+                "above": 2000.0,
+                "clear": 1500.0,
+                "for": "1m",
+                "clear_for": "5m",
+                "severity": "critical",
+                "summary": "above 2000 ppm: unacceptable air (Umweltbundesamt)",
+            }
+        ),
+    ]
+
+
+class RegistryThresholds(_Strict):
+    """Rules from the registry's per-series ``limit`` (a gauge's design limit), ``warn``
+    and ``alarm``, compared as magnitudes for strain."""
+
+    enabled: bool = True
+    clear_ratio: float = Field(default=0.95, gt=0, le=1)
+    for_: Wait = Field(default=timedelta(0), alias="for")
+    clear_for: Wait = timedelta(minutes=1)
+
+
+DETECTORS = {f.name.lower(): f for f in AnomalyFlag if f.name is not None}
+
+
+def _default_severity() -> dict[str, Severity | Literal["off"]]:
+    return {
+        "limit": "off",  # the registry's limit rule alerts on it, with hysteresis
+        "spike": "off",  # a lone value: marked on the dashboard, not worth a page
+        "step": Severity.WARNING,
+        "stuck": Severity.WARNING,
+        "rate": Severity.WARNING,
+        "gap": "off",  # the silence rule covers a quiet device
+        "drift": Severity.WARNING,
+    }
+
+
+class AnomalyRules(_Strict):
+    """Severity per detector; ``off`` raises no alert. An anomaly alert resolves once the
+    series has gone ``clear_for`` (in reading time) without that flag."""
+
+    severity: dict[str, Severity | Literal["off"]] = Field(default_factory=_default_severity)
+    clear_for: Wait = timedelta(minutes=30)
+
+    @field_validator("severity")
+    @classmethod
+    def _known(cls, v: dict[str, Severity | str]) -> dict[str, Severity | str]:
+        unknown = sorted(set(v) - set(DETECTORS))
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown}; known: {sorted(DETECTORS)}")
+        return v
+
+
+class SilenceRule(_Strict):
+    """A device is silent when nothing arrived for ``factor`` times its registry interval
+    (at least ``minimum``); ``devices`` sets the window of single devices ("site/device")."""
+
+    enabled: bool = True
+    factor: float = Field(default=5.0, gt=1)
+    minimum: Duration = timedelta(minutes=1)
+    devices: dict[str, Duration] = Field(default_factory=dict)
+    severity: Severity = Severity.WARNING
+
+
+class HealthRules(_Strict):
+    """The pipeline's own health."""
+
+    quarantine_per_minute: float = Field(default=60.0, gt=0)
+    journal_depth: int = Field(default=100_000, gt=0)
+    broker_down_for: Duration = timedelta(seconds=30)
+
+
+class AlertsConfig(_Strict):
+    enabled: bool = True
+    thresholds: list[ThresholdRule] = Field(default_factory=default_thresholds)
+    registry: RegistryThresholds = RegistryThresholds()
+    anomaly: AnomalyRules = AnomalyRules()
+    silence: SilenceRule = SilenceRule()
+    health: HealthRules = HealthRules()
+    repeat_interval: Duration = timedelta(hours=4)
+    # An alert that fires flap_max times within flap_window is flapping: its notifications
+    # wait until it has kept one state for a whole window.
+    flap_window: Duration = timedelta(hours=1)
+    flap_max: int = Field(default=4, ge=2)
+    tick: Duration = timedelta(seconds=5)
+    digest_at: time | None = time(7, 0)
+    timezone: str = "Europe/Berlin"
+    history_retention: Duration = timedelta(days=90)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names = [r.name for r in self.thresholds]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"threshold rule names must be unique: {twice}")
+        return self
