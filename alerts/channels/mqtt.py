@@ -1,0 +1,188 @@
+"""The MQTT channel: each notification as JSON at QoS 1, not retained, on
+
+- ``{prefix}/alerts/{kind}/{site}/{device}`` for a device's alert,
+- ``{prefix}/alerts/pipeline/{rule}`` for an alert about the pipeline itself (no site),
+- ``{prefix}/alerts/digest/{kind}/{site}`` for a site's digest.
+
+Not retained, because a retained FIRING would greet every new subscriber long after the
+alert resolved. ``send`` returns once the broker acknowledged the message (PUBACK) and
+raises ``DeliveryError`` otherwise. Delivery is at least once: a PUBACK that arrives after
+the timeout leaves paho sending the message anyway, so a retried send can reach a
+subscriber twice; the alert id, event and time in the body tell the copies apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from alerts.channels.base import DeliveryError, json_body
+from alerts.model import Notification
+
+__all__ = ["MqttChannel", "MqttChannelSettings", "alert_topic"]
+
+log = logging.getLogger(__name__)
+
+# Characters that would change a topic's meaning; registry ids never contain them, so
+# one here means a bug upstream, which must not turn into a publish to a wildcard.
+_TOPIC_UNSAFE = frozenset("+#/\0")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttChannelSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "stadtpuls-alerts"  # must differ from the ingest subscriber's
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout: timedelta = timedelta(seconds=5)  # to connect, and for each PUBACK
+    topic_prefix: str = "stadtpuls"
+    keepalive: timedelta = timedelta(seconds=30)
+
+
+def alert_topic(prefix: str, notification: Notification) -> str:
+    """The topic a notification is published on (see the module docstring)."""
+    alert = notification.alert
+    if alert is None:
+        parts = ["digest", notification.kind, notification.site]
+    elif not alert.key.site and not alert.key.device:
+        parts = ["pipeline", alert.key.rule]
+    else:
+        parts = [alert.kind, alert.key.site, alert.key.device]
+    for part in parts:
+        if not part or not _TOPIC_UNSAFE.isdisjoint(part):
+            raise DeliveryError(f"cannot build an MQTT topic from {parts!r}", retry=False)
+    return "/".join([prefix, "alerts", *parts])
+
+
+class MqttChannel:
+    """Connects in the background when made and reconnects by itself; a send while the
+    broker is away waits up to the timeout for the connection, then fails retryably."""
+
+    def __init__(self, name: str, settings: MqttChannelSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self._connected = threading.Event()
+        self._refused_lock = threading.Lock()
+        self._refused: dict[int, ReasonCode] = {}  # mid -> failing PUBACK reason (MQTT 5)
+        v5 = settings.protocol == "5"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            # Nothing is subscribed, and an unacknowledged alert is retried by the
+            # dispatcher, so there is no session worth keeping.
+            clean_session=None if v5 else True,
+        )
+        c = self._client
+        if settings.username is not None:
+            c.username_pw_set(settings.username, settings.password)
+        if settings.tls_ca is not None or settings.tls_cert is not None:
+            c.tls_set(
+                ca_certs=settings.tls_ca,
+                certfile=settings.tls_cert,
+                keyfile=settings.tls_key,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        c.reconnect_delay_set(1, 30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.connect_async(
+            settings.host, settings.port, keepalive=int(settings.keepalive.total_seconds())
+        )
+        c.loop_start()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def send(self, notification: Notification) -> None:
+        s = self.settings
+        topic = alert_topic(s.topic_prefix, notification)
+        timeout_s = s.timeout.total_seconds()
+        deadline = time.monotonic() + timeout_s
+        # Publishing while disconnected would leave the message in paho's queue, to go out
+        # on reconnect on top of the dispatcher's retry of it: refuse instead.
+        if not self._connected.wait(timeout_s):
+            raise DeliveryError(f"not connected to the MQTT broker {s.host}:{s.port}", retry=True)
+        info = self._client.publish(topic, json_body(notification), qos=1, retain=False)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # MQTT_ERR_QUEUE_SIZE (paho's outgoing queue is full) and MQTT_ERR_NO_CONN
+            # (the connection dropped just now) both pass.
+            raise DeliveryError(
+                f"publish to {topic} failed: {mqtt.error_string(info.rc)}", retry=True
+            )
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        except (ValueError, RuntimeError) as exc:
+            raise DeliveryError(f"publish to {topic} failed: {exc}", retry=True) from exc
+        if not info.is_published():
+            raise DeliveryError(f"no PUBACK for {topic} within {timeout_s:g} s", retry=True)
+        with self._refused_lock:
+            refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            # An MQTT 5 broker says why, e.g. 135 "Not authorized" from its ACL; that
+            # does not change by trying again.
+            raise DeliveryError(f"broker refused {topic}: {refused}", retry=False)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # paho callbacks: they run on paho's network thread and must not block.
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.warning(
+                "MQTT broker refused the alert channel %s: %s", self.name, reason,
+                extra={"channel": self.name},
+            )  # fmt: skip
+            return
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        # Only failures are kept, so a PUBACK that comes after its send gave up leaves
+        # nothing behind in the common case.
+        if reason.is_failure:
+            with self._refused_lock:
+                self._refused[mid] = reason

@@ -1,0 +1,66 @@
+"""The ``alerts:`` section of the settings: channels, their secrets, and the files they
+name resolved against the settings file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from alerts.channels.webhook import WebhookChannel
+from stadtpuls.alert_settings import WebhookChannelModel, build_channel
+from stadtpuls.settings import ConfigError, load_settings
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stadtpuls.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_channels_with_secret_files_relative_to_the_settings(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "hook").write_text("a-real-signing-key-41\n")
+    path = _write(
+        tmp_path,
+        """
+alerts:
+  channels:
+    - {name: ops-hook, type: webhook, url: "https://ops.example.org/h", secret_file: secrets/hook}
+    - {name: ops-am, type: alertmanager, url: "http://am:9093", min_severity: critical}
+""",
+    )
+    settings = load_settings(path)
+    hook = settings.alerts.channels[0]
+    assert isinstance(hook, WebhookChannelModel)
+    assert hook.secret is not None
+    assert hook.secret.get_secret_value() == "a-real-signing-key-41"
+    assert "a-real-signing-key" not in repr(settings)
+    channel = build_channel(hook, "stadtpuls", ("127.0.0.1", 1883, None, None))
+    assert isinstance(channel, WebhookChannel)
+    assert channel.name == "ops-hook"
+
+
+@pytest.mark.parametrize(
+    ("channel", "message"),
+    [
+        ('{name: h, type: webhook, url: "https://x.org", secret: changeme}', "placeholder"),
+        ('{name: h, type: webhook, url: "https://x.org"}', "needs a secret"),
+        ('{name: g, type: grafana, url: "http://g:3000"}', "needs a token"),
+        ('{name: p, type: pager, url: "http://p"}', "type"),
+        ("{name: m, type: email, host: smtp, sender: a@b.c, recipients: []}", "recipients"),
+    ],
+)
+def test_bad_channels_are_refused_with_a_reason(tmp_path: Path, channel: str, message: str) -> None:
+    path = _write(tmp_path, f"alerts:\n  channels:\n    - {channel}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)
+
+
+def test_channel_names_must_be_unique(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "alerts:\n  channels:\n    - {name: a, type: mqtt}\n    - {name: a, type: mqtt}\n",
+    )
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings(path)
