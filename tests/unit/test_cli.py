@@ -81,8 +81,11 @@ def test_export_csv_long_layout(config: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == [
-        "time", "site", "device", "channel", "measurement", "value", "unit", "anomaly", "score",
+        "time", "local_time", "site", "device", "channel", "measurement", "value", "unit",
+        "anomaly", "score",
     ]  # fmt: skip
+    # 14:13:20 UTC is 16:13:20 in Berlin in September (summer time, +02:00).
+    assert rows[0]["local_time"] == "2026-09-21T16:13:20.000000+02:00"
     # The end is exclusive and given in local time: 16:13:25+02:00 is 14:13:25Z.
     assert [r["time"] for r in rows] == [f"2026-09-21T14:13:2{i}.000000Z" for i in range(5)]
     assert [float(r["value"]) for r in rows] == [0.0, 100.0, 200.0, 300.0, 400.0]
