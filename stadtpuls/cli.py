@@ -241,51 +241,6 @@ def simulate(
     )
 
 
-@main.command()
-@CONFIG
-@click.option("--site", required=True)
-@click.option("--device", default=None)
-@click.option("--measurement", default=None)
-@click.option("--start", "start", required=True, help="ISO 8601; UTC unless an offset is given")
-@click.option("--end", "end", required=True, help="ISO 8601, exclusive")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "ndjson"]), default="csv")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def export(
-    config_path: Path | None,
-    site: str,
-    device: str | None,
-    measurement: str | None,
-    start: str,
-    end: str,
-    fmt: str,
-    out: Path | None,
-) -> None:
-    """Export a site's readings (long layout: one row per reading)."""
-    from dashboards.export import write_export
-    from ingest.stores.base import ReadingQuery
-    from stadtpuls.service import build_store
-
-    settings, registry = _load(config_path)
-    if site not in registry.sites:
-        _fail(f"site {site!r} is not in the registry")
-    if settings.store.backend != "sqlite":
-        _fail(
-            "export reads the SQLite store for now; with store.backend influxdb, "
-            "query InfluxDB (see README, 'Storage schema')"
-        )
-    query = ReadingQuery(site, _parse_time(start), _parse_time(end), device, measurement)
-    store = build_store(settings, registry)
-    try:
-        if out is None:
-            n = write_export(store.readings(query), sys.stdout, fmt)  # type: ignore[arg-type]
-        else:
-            with out.open("w", encoding="utf-8", newline="") as fh:
-                n = write_export(store.readings(query), fh, fmt)  # type: ignore[arg-type]
-    finally:
-        store.close()
-    click.echo(f"exported {n} readings", err=True)
-
-
 @main.group()
 def quarantine() -> None:
     """List, show and replay quarantined messages."""
@@ -409,3 +364,23 @@ def quarantine_replay(
     click.echo(
         f"replayed {len(entries)}: {accepted} stored, {len(entries) - accepted} still rejected"
     )
+
+
+# Registered last: the export commands reuse this module's options and helpers.
+from stadtpuls.cli_export import export, tokens  # noqa: E402
+
+main.add_command(export)
+main.add_command(tokens)
+
+
+# The stack's commands live in their own module, which needs the helpers above.
+from stadtpuls.cli_stack import broker_auth, dashboards  # noqa: E402
+
+main.add_command(dashboards)
+main.add_command(broker_auth)
+
+
+# The alert commands live in their own module, which needs the helpers above.
+from stadtpuls.cli_alerts import alerts  # noqa: E402
+
+main.add_command(alerts)

@@ -13,6 +13,8 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from alerts.engine import PipelineHealth
+from dashboards.tokens import TokenStore
 from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry
 from devices.topics import TopicScheme
@@ -25,6 +27,8 @@ from ingest.stores.influx import InfluxSettings, InfluxStore, InfluxWriteStats
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from ingest.subscriber import MqttSettings, MqttSubscriber
+from stadtpuls.alerting import Alerting
+from stadtpuls.exportapi import ExportApi, build_export_source, export_caps
 from stadtpuls.settings import Settings
 from stadtpuls.web import HttpServer, build_app
 
@@ -146,12 +150,18 @@ class Service:
         restored = self.detectors.load(self.anomaly_state_path)
         if restored:
             log.info("anomaly state restored for %d series", restored)
+        self.alerting = (
+            Alerting(settings, registry, self.store, self._health)
+            if settings.alerts.enabled
+            else None
+        )
+        alert_listeners = [] if self.alerting is None else [self.alerting.engine]
         self.pipeline = Pipeline(
             build_decoder(settings, registry),
             self.detectors,
             self.store,
             self.metrics,
-            [*listeners, _StateSaver(self.detectors, self.anomaly_state_path)],
+            [*listeners, *alert_listeners, _StateSaver(self.detectors, self.anomaly_state_path)],
         )
         self.subscriber = MqttSubscriber(
             mqtt_settings(settings),
@@ -168,7 +178,15 @@ class Service:
         stats = getattr(self.store, "stats", None)
         if isinstance(stats, InfluxWriteStats):
             self.metrics.registry.register(_InfluxCollector(stats))
-        app = build_app(self.readiness, self.metrics.registry, self._refresh_gauges)
+        self.tokens = TokenStore(settings.token_db_path)
+        export_api = ExportApi(
+            build_export_source(settings, registry, self.store),
+            registry,
+            self.tokens,
+            export_caps(settings),
+        )
+        routes = [*export_api.routes(), *([] if self.alerting is None else self.alerting.routes())]
+        app = build_app(self.readiness, self.metrics.registry, self._refresh_gauges, routes)
         self.http = HttpServer(app, settings.http.host, settings.http.port)
 
     @property
@@ -188,6 +206,10 @@ class Service:
             "store_writable": self.store.writable(),
             "ingest_running": self._thread.is_alive(),
         }
+
+    def _health(self) -> PipelineHealth:
+        status = self.status()
+        return PipelineHealth(status.rejected, status.journal_depth, status.connected)
 
     def _refresh_gauges(self) -> None:
         self.metrics.journal_depth.set(self.store.journal_depth())
@@ -226,6 +248,8 @@ class Service:
         self.http.start()
         self.subscriber.start()
         self._thread.start()
+        if self.alerting is not None:
+            self.alerting.start()
         log.info(
             "stadtpuls running: broker %s:%d, store %s, http %s:%d",
             self.settings.mqtt.host,
@@ -241,5 +265,8 @@ class Service:
         # Saved once the loop has stopped, so no batch changes it meanwhile.
         self.detectors.save(self.anomaly_state_path)
         self.subscriber.stop()
+        if self.alerting is not None:
+            self.alerting.stop()
         self.http.stop()
+        self.tokens.close()
         self.store.close()

@@ -27,23 +27,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from devices.registry import Duration
 from devices.topics import TopicScheme
-
-_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token", "xxx", "todo"}
+from stadtpuls.alert_settings import CHANNEL_FILE_KEYS, AlertsSection
+from stadtpuls.secrets import read_secret
 
 
 class ConfigError(ValueError):
     """The configuration is wrong; the message says where and what."""
-
-
-def _read_secret(value: SecretStr | None, file: Path | None, what: str) -> SecretStr | None:
-    if file is not None:
-        try:
-            value = SecretStr(file.read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            raise ValueError(f"{what}: cannot read the secret file {file}: {exc}") from exc
-    if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
-        raise ValueError(f"{what} is empty or a placeholder; set a real secret")
-    return value
 
 
 class _Section(BaseModel):
@@ -68,7 +57,7 @@ class MqttSection(_Section):
 
     @model_validator(mode="after")
     def _secret(self) -> MqttSection:
-        self.password = _read_secret(self.password, self.password_file, "mqtt.password")
+        self.password = read_secret(self.password, self.password_file, "mqtt.password")
         return self
 
 
@@ -83,7 +72,7 @@ class InfluxSection(_Section):
 
     @model_validator(mode="after")
     def _secret(self) -> InfluxSection:
-        self.token = _read_secret(self.token, self.token_file, "influxdb.token")
+        self.token = read_secret(self.token, self.token_file, "influxdb.token")
         return self
 
 
@@ -110,6 +99,16 @@ class HttpSection(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class ExportSection(_Section):
+    """Students' export: caps per read token, where tokens and the export log are kept."""
+
+    token_db: Path | None = None  # default {data_dir}/tokens.sqlite
+    max_range: Duration = timedelta(days=366)
+    max_exports_per_minute: int = Field(default=20, ge=1)
+    token_expiry: Duration = timedelta(days=30)  # default for `stadtpuls tokens create`
+    licence: str = "Datenlizenz Deutschland - Namensnennung - Version 2.0 (dl-de/by-2-0)"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STADTPULS_", env_nested_delimiter="__", extra="forbid"
@@ -132,6 +131,8 @@ class Settings(BaseSettings):
     batch: BatchSection = Field(default_factory=BatchSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     http: HttpSection = Field(default_factory=HttpSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
 
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> Settings:
@@ -168,6 +169,14 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         return self.data_dir / "stadtpuls.db"
 
+    @property
+    def alerts_db_path(self) -> Path:
+        return self.data_dir / "alerts.sqlite"
+
+    @property
+    def token_db_path(self) -> Path:
+        return self.export.token_db or self.data_dir / "tokens.sqlite"
+
 
 def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     """Paths in the file are relative to the file, not to the working directory."""
@@ -177,12 +186,20 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     for section, keys in (
         ("mqtt", ("password_file", "tls_ca", "tls_cert", "tls_key")),
         ("influxdb", ("token_file",)),
+        ("export", ("token_db",)),
     ):
         sec = data.get(section)
         if isinstance(sec, dict):
             for key in keys:
                 if isinstance(sec.get(key), str):
                     sec[key] = str(base / sec[key])
+    alerts = data.get("alerts")
+    channels = alerts.get("channels") if isinstance(alerts, dict) else None
+    for channel in channels if isinstance(channels, list) else []:
+        if isinstance(channel, dict):
+            for key in CHANNEL_FILE_KEYS:
+                if isinstance(channel.get(key), str):
+                    channel[key] = str(base / channel[key])
     return data
 
 

@@ -1,22 +1,24 @@
-"""The service's HTTP endpoints: health, readiness and Prometheus metrics."""
+"""The service's HTTP endpoints: health, readiness and Prometheus metrics; other parts' routes
+(the students' export) come in as ``extra_routes``."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 
 def build_app(
     readiness: Callable[[], dict[str, bool]],
     metrics: CollectorRegistry,
     before_scrape: Callable[[], None] = lambda: None,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -35,6 +37,7 @@ def build_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            *extra_routes,
         ]
     )
 

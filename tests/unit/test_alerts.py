@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from alerts.config import AlertsConfig, ThresholdRule
 from alerts.digest import site_digest
 from alerts.engine import AlertEngine, PipelineHealth
-from alerts.model import Event, Notification, State
+from alerts.model import Notification, State
 from alerts.state import AlertStore
 from devices.registry import Registry
 from ingest.batch import AnomalyFlag, ReadingBatch
@@ -53,7 +53,7 @@ class Sink:
 
 @dataclass
 class Health:
-    value: PipelineHealth = PipelineHealth(0, 0, True)
+    value: PipelineHealth = field(default_factory=lambda: PipelineHealth(0, 0, True))
 
     def __call__(self) -> PipelineHealth:
         return self.value
@@ -118,7 +118,9 @@ def test_gauge_over_its_limit_fires_once_and_resolves_once_below_the_clear_level
     rig.feed(g1, [100.0, 910.0])
     assert rig.sink.events() == [("firing", "limit/b1/sg1/g1/strain")]
     alert = rig.sink.sent[0].alert
-    assert alert is not None and alert.value == 910.0 and alert.threshold == 900.0
+    assert alert is not None
+    assert alert.value == 910.0
+    assert alert.threshold == 900.0
     # Around the limit but above the clear level (95 % = 855): nothing new.
     for v in (890.0, 905.0, 860.0, 930.0, 870.0):
         rig.advance(1)
@@ -211,7 +213,8 @@ def test_repeats_until_acknowledged_and_the_ack_ends_with_the_alert(tmp_path: Pa
     rig.feed(g1, [990.0])
     assert rig.engine.active()[0].acked_by is None
     stored = rig.store.get("limit/b1/sg1/g1/strain")
-    assert stored is not None and stored.alert.acked_by is None
+    assert stored is not None
+    assert stored.alert.acked_by is None
 
 
 def test_flapping_is_damped(tmp_path: Path) -> None:
@@ -338,7 +341,9 @@ def test_digest_counts_hours_above_1000_ppm_and_fired_alerts(rig: Rig, tmp_path:
     assert digest["hours_above_1000_ppm"] == {"room-1": 1.0}
     assert digest["alerts_fired"] == {"alarm": 1, "warn": 1}
     g1 = rig.index("b1", "sg1", "g1/strain")
-    store.commit(ReadingBatch.unchecked([g1, g1], [start_ns, start_ns + 10**9], [300.0, -810.0]), [])
+    store.commit(
+        ReadingBatch.unchecked([g1, g1], [start_ns, start_ns + 10**9], [300.0, -810.0]), []
+    )
     bridge = site_digest(rig.registry, store, rig.store, "b1", end)
     assert bridge["closest_to_limit"][0]["gauge"] == "sg1/g1/strain"
     assert bridge["closest_to_limit"][0]["share_of_limit"] == 0.9
