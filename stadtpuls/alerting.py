@@ -4,7 +4,7 @@ HTTP routes operations use to list and acknowledge alerts."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,14 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from alerts.digest import site_digest
+from alerts.digest import Readings, site_digest
 from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine, PipelineHealth
 from alerts.jobs import AlertJobs
 from alerts.model import Alert, Notification, Severity
 from alerts.state import AlertStore
 from devices.registry import Registry
-from ingest.stores.base import Store
 from stadtpuls.alert_settings import build_channel
 from stadtpuls.settings import Settings
 
@@ -72,8 +71,9 @@ class Alerting:
         self,
         settings: Settings,
         registry: Registry,
-        readings: Store,
+        readings: Readings,
         health: Callable[[], PipelineHealth],
+        maintenance: Sequence[Callable[[], None]] = (),
     ) -> None:
         cfg = settings.alerts
         self.registry = registry
@@ -93,7 +93,9 @@ class Alerting:
         self.engine = AlertEngine(
             registry, cfg, self.store, router, settings.topic_prefix, health=health
         )
-        self.jobs = AlertJobs(cfg, self.engine.tick, self.send_digests, [self.maintain])
+        self.jobs = AlertJobs(
+            cfg, self.engine.tick, self.send_digests, [self.maintain, *maintenance]
+        )
 
     def start(self) -> None:
         self.jobs.start()

@@ -150,11 +150,14 @@ class Service:
         restored = self.detectors.load(self.anomaly_state_path)
         if restored:
             log.info("anomaly state restored for %d series", restored)
-        self.alerting = (
-            Alerting(settings, registry, self.store, self._health)
-            if settings.alerts.enabled
-            else None
-        )
+        # The export and the alert digest read the same way: SQLite directly, InfluxDB
+        # through Flux.
+        source = build_export_source(settings, registry, self.store)
+        self.alerting: Alerting | None = None
+        if settings.alerts.enabled:
+            self.alerting = Alerting(
+                settings, registry, source, self._health, maintenance=[self.store.maintain]
+            )
         alert_listeners = [] if self.alerting is None else [self.alerting.engine]
         self.pipeline = Pipeline(
             build_decoder(settings, registry),
@@ -180,7 +183,7 @@ class Service:
             self.metrics.registry.register(_InfluxCollector(stats))
         self.tokens = TokenStore(settings.token_db_path)
         export_api = ExportApi(
-            build_export_source(settings, registry, self.store),
+            source,
             registry,
             self.tokens,
             export_caps(settings),

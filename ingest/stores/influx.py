@@ -230,6 +230,9 @@ class InfluxStore:
     def writable(self) -> bool:
         return self.db.writable()
 
+    def maintain(self) -> None:
+        self.db.maintain()
+
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
         raise NotImplementedError(
             "export from InfluxDB comes with the students' export issue; use the SQLite store"

@@ -215,6 +215,13 @@ class LocalDatabase:
             return False
         return True
 
+    def maintain(self) -> None:
+        """Nightly upkeep: fold the WAL back into the database so it does not keep the
+        size of the busiest hour, and let SQLite refresh its query statistics."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("PRAGMA optimize")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -79,5 +79,8 @@ class SqliteStore:
     def writable(self) -> bool:
         return self.db.writable()
 
+    def maintain(self) -> None:
+        self.db.maintain()
+
     def close(self) -> None:
         self.db.close()

@@ -174,6 +174,9 @@ class FlakyStore:
     def writable(self) -> bool:
         return self.attempts > self.failures
 
+    def maintain(self) -> None:
+        self.inner.maintain()
+
     def close(self) -> None:
         self.inner.close()
 
