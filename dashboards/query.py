@@ -108,7 +108,7 @@ def select_series(registry: Registry, request: ExportRequest) -> list[Series]:
     if request.end_ns <= request.start_ns:
         raise ExportRefused("the end must lie after the start")
     for value in (*request.devices, *request.measurements):
-        if not _ID_RE.match(value):
+        if not _ID_RE.fullmatch(value):
             raise ExportRefused(f"{value!r} is not a valid id")
     for dev in request.devices:
         if dev not in site.devices:

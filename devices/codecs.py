@@ -8,6 +8,7 @@ is passed in so tests control the clock.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class RejectReason(StrEnum):
     NOT_UTF8 = "not_utf8"
     NOT_JSON = "not_json"
     TOO_DEEP = "too_deep"
+    DUPLICATE_KEY = "duplicate_key"
     TOO_MANY_VALUES = "too_many_values"
     WRONG_TYPE = "wrong_type"
     UNKNOWN_FIELD = "unknown_field"
@@ -142,6 +144,9 @@ def _error_reason(exc: ValidationError) -> ReadingRejected:
             return ReadingRejected(RejectReason.TOO_DEEP, f"JSON nested too deeply: {msg}")
         if "unicode" in msg:
             return ReadingRejected(RejectReason.NOT_UTF8, msg)
+        if "number out of range" in msg:
+            # More than 4300 digits: as a float such a number is infinite.
+            return ReadingRejected(RejectReason.NOT_FINITE, f"number too large for a float: {msg}")
         return ReadingRejected(RejectReason.NOT_JSON, msg)
     if kind == "finite_number":
         return ReadingRejected(RejectReason.NOT_FINITE, f"NaN or infinite number{at}")
@@ -154,19 +159,60 @@ def _error_reason(exc: ValidationError) -> ReadingRejected:
     return ReadingRejected(RejectReason.WRONG_TYPE, f"{msg}{at}")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+
+
+def _check_unique_keys(payload: bytes, members: int) -> None:
+    """Refuse a payload that repeats a key in one object.
+
+    The JSON parser keeps the last of duplicate keys, so ``{"v": 1, "v": 9000}`` would be
+    stored as 9000 although another reader of the same bytes may well see 1. ``members``
+    is how many distinct keys the validated objects hold. Every member of a JSON object has
+    exactly one ``:`` outside strings, so when the payload has no more colons than that, no
+    key can be repeated; only otherwise (a repeat, or a colon inside a string) is the
+    payload parsed a second time to find out. The payload has passed validation by then,
+    so it is shallow and its numbers are small enough for the standard library.
+    """
+    if payload.count(b":") <= members:
+        return
+    try:
+        json.loads(payload, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise ReadingRejected(
+            RejectReason.DUPLICATE_KEY,
+            f"key {exc.key!r} appears twice in one object; which one counts is ambiguous",
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise ReadingRejected(RejectReason.NOT_JSON, f"JSON not readable: {exc}") from None
+
+
 def _check_plausible(t: float, what: str) -> None:
     """Refuse times that do not fit int64 nanoseconds (years 1677-2262) before converting."""
-    if t > _INT64_SECONDS:
-        hint = (
-            "; milliseconds sent where SenML wants seconds since the epoch?"
-            if t > _MILLISECONDS_HINT
-            else ""
-        )
-        raise ReadingRejected(
-            RejectReason.FUTURE_TIMESTAMP, f"{what}: time {t:g} is far in the future{hint}"
-        )
-    if t < -_INT64_SECONDS:
+    if -_INT64_SECONDS <= t <= _INT64_SECONDS:
+        return
+    if math.isinf(t):
+        raise ReadingRejected(RejectReason.NOT_FINITE, f"{what}: time overflows to {t}")
+    if t < 0:
         raise ReadingRejected(RejectReason.TOO_OLD, f"{what}: time {t:g} is before 1677")
+    hint = (
+        "; milliseconds sent where SenML wants seconds since the epoch?"
+        if t > _MILLISECONDS_HINT
+        else ""
+    )
+    raise ReadingRejected(
+        RejectReason.FUTURE_TIMESTAMP, f"{what}: time {t:g} is far in the future{hint}"
+    )
 
 
 class Decoder:
@@ -259,7 +305,9 @@ class Decoder:
         times: list[int] = []
         values: list[float] = []
         receipt_timed = False
+        members = 0
         for i, r in enumerate(records):
+            members += len(r.model_fields_set)
             if r.bn is not None:
                 bn = r.bn
             if r.bt is not None:
@@ -313,6 +361,8 @@ class Decoder:
             idx.append(series.index)
             times.append(ts)
             values.append(value)
+        # Checked last, on a pack that passed everything else, to keep the count in the loop.
+        _check_unique_keys(payload, members)
         return Decoded(idx, times, values, receipt_timed)
 
     def _decode_block(self, device: str, by_name: Mapping[str, Series], payload: bytes) -> Decoded:
@@ -320,6 +370,9 @@ class Decoder:
             block = NativeBlock.model_validate_json(payload)
         except ValidationError as exc:
             raise _error_reason(exc) from None
+        _check_unique_keys(
+            payload, len(block.model_fields_set) + len(block.series) + len(block.units)
+        )
         if block.device is not None and block.device != device:
             raise ReadingRejected(
                 RejectReason.IDENTITY_MISMATCH,
@@ -357,7 +410,14 @@ class Decoder:
                     scale, offset = conversion(unit, series.unit)
                 except UnitNotConvertible as exc:
                     raise ReadingRejected(RejectReason.UNKNOWN_UNIT, f"{name}: {exc}") from None
-                vals = np.round(vals * scale + offset, 9)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    vals = np.round(vals * scale + offset, 9)
+                if not np.isfinite(vals).all():
+                    first = int(np.argmin(np.isfinite(vals)))
+                    raise ReadingRejected(
+                        RejectReason.NOT_FINITE,
+                        f"{name}[{first}]: {samples[first]:g} {unit} overflows in {series.unit}",
+                    )
             bad = (vals < series.minimum) | (vals > series.maximum)
             if bad.any():
                 first = int(np.argmax(bad))

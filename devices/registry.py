@@ -347,4 +347,4 @@ def parse_registry(text: str, source: str = "<registry>") -> Registry:
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from devices.registry import is_valid_id
+from devices.registry import ID_PATTERN
 from devices.vocabulary import SiteKind
 
 DEFAULT_PREFIX = "stadtpuls"
+# fullmatch, not match: the pattern's ``$`` also matches before a trailing newline, so
+# ``match`` would let ``sg1\n`` through as an id.
+_ID_RE = re.compile(ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,13 @@ class TopicScheme:
         """Topic filters the service subscribes to, one per site kind."""
         return [f"{self.prefix}/{kind.value}/+/+" for kind in SiteKind]
 
+    def site_subscriptions(self, sites: Iterable[str]) -> list[str]:
+        """Topic filters for just these sites (a worker's share), one per site and kind.
+
+        Every kind, not only the site's own: a device publishing under the wrong kind must
+        still reach the site's worker, which quarantines it, as the wildcard would."""
+        return [f"{self.prefix}/{kind.value}/{site}/+" for site in sites for kind in SiteKind]
+
     def readings(self, kind: SiteKind, site: str, device: str) -> str:
         return f"{self.prefix}/{kind.value}/{site}/{device}"
 
@@ -54,7 +66,7 @@ class TopicScheme:
         except ValueError:
             raise TopicRejected(f"topic kind {kind!r} is neither 'bridge' nor 'school'") from None
         for label, value in (("site", site), ("device", device)):
-            if not is_valid_id(value):
+            if _ID_RE.fullmatch(value) is None:
                 raise TopicRejected(
                     f"{label} id {value!r} in the topic has characters outside [a-z0-9_-]"
                 )

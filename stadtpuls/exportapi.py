@@ -109,7 +109,7 @@ def export_caps(settings: Settings) -> ExportCaps:
 
 
 def _parse_time(name: str, value: str) -> int:
-    if len(value) > 40 or not _TIME_RE.match(value):
+    if len(value) > 40 or not _TIME_RE.fullmatch(value):
         raise _Refused(400, f"{name}: not an ISO 8601 time")
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -124,7 +124,7 @@ def _ids(name: str, value: str | None) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     items = tuple(value.split(","))
-    if len(items) > _MAX_IDS or not all(_ID_RE.match(i) for i in items):
+    if len(items) > _MAX_IDS or not all(_ID_RE.fullmatch(i) for i in items):
         raise _Refused(400, f"{name}: a comma-separated list of ids ([a-z0-9_-])")
     return tuple(dict.fromkeys(items))
 
@@ -222,7 +222,7 @@ class ExportApi:
             secret = request.query_params.get("token")
         if not secret:
             raise _Refused(401, "a read token is required")
-        if not _TOKEN_RE.match(secret):
+        if not _TOKEN_RE.fullmatch(secret):
             raise _Refused(401, "the token is not valid")
         try:
             return self.tokens.verify(secret, self.clock())

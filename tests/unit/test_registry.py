@@ -76,3 +76,12 @@ def test_errors_name_file_line_and_key(text: str, line: int, needle: str) -> Non
     message = str(info.value)
     assert message.startswith(f"reg.yaml:{line}:"), message
     assert needle in message
+
+
+def test_ids_with_a_trailing_newline_are_invalid() -> None:
+    # A regex '$' also matches before a final newline; ids must match whole.
+    from devices.registry import is_valid_id
+
+    assert is_valid_id("room-1")
+    assert not is_valid_id("room-1\n")
+    assert not is_valid_id("Room-1")
