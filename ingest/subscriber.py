@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ class MqttSettings:
     # paho takes whole seconds here.
     reconnect_min: timedelta = timedelta(seconds=1)
     reconnect_max: timedelta = timedelta(seconds=30)
+    # TLS is on when this is set or a CA or client certificate is given; without a CA the
+    # system's trusted CAs verify the broker.
+    tls: bool = False
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -66,10 +70,17 @@ class _Token:
 
 class MqttSubscriber:
     def __init__(
-        self, settings: MqttSettings, subscriptions: Sequence[str], metrics: IngestMetrics
+        self,
+        settings: MqttSettings,
+        subscriptions: Sequence[str],
+        metrics: IngestMetrics,
+        unsubscriptions: Sequence[str] = (),
     ) -> None:
+        """``unsubscriptions``: filters a kept session may hold that are no longer ours (a
+        worker's former share); given any, a kept session is brought up to date."""
         self.settings = settings
         self.subscriptions = list(subscriptions)
+        self.unsubscriptions = list(unsubscriptions)
         self.metrics = metrics
         self._queue: queue.SimpleQueue[InboundMessage] = queue.SimpleQueue()
         self._generation = 0
@@ -87,7 +98,8 @@ class MqttSubscriber:
         c = self._client
         if settings.username is not None:
             c.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca is not None or settings.tls_cert is not None:
+        self._tls = settings.tls or settings.tls_ca is not None or settings.tls_cert is not None
+        if self._tls:
             c.tls_set(
                 ca_certs=settings.tls_ca,
                 certfile=settings.tls_cert,
@@ -99,6 +111,7 @@ class MqttSubscriber:
             max(1, round(settings.reconnect_max.total_seconds())),
         )
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
@@ -149,9 +162,7 @@ class MqttSubscriber:
         with self._ack_lock:
             self._generation += 1
         if not flags.session_present:
-            result, _ = client.subscribe([(topic, 1) for topic in self.subscriptions])
-            if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.error("subscribe failed: %s", mqtt.error_string(result))
+            self._subscribe(client)
             self.metrics.resubscribes.inc()
             log.info(
                 "connected without a session; subscribed to %s",
@@ -159,8 +170,38 @@ class MqttSubscriber:
             )
         else:
             log.info("connected; the broker kept our session")
+            if self.unsubscriptions:
+                # The session keeps the share it had when the worker count was last
+                # changed: sites that moved away would keep arriving here and sites that
+                # moved here would never come. Subscribing again to a kept filter keeps
+                # its queue.
+                self._subscribe(client)
+                result, _ = client.unsubscribe(self.unsubscriptions)
+                if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    log.error("unsubscribe failed: %s", mqtt.error_string(result))
         self._connected.set()
         self.metrics.broker_connected.set(1)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its ``except OSError`` and passes no reason; the
+        # exception being handled is the reason (a refused port, a certificate that does
+        # not verify), and without it a wrong CA would look like a broker that is down.
+        reason = sys.exception()
+        log.warning(
+            "cannot connect to the broker at %s:%d%s: %s; retrying",
+            self.settings.host,
+            self.settings.port,
+            " over TLS" if self._tls else "",
+            reason if reason is not None else "connection failed",
+        )
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        if not self.subscriptions:  # a worker whose share of the registry is empty
+            log.warning("no topics to subscribe to")
+            return
+        result, _ = client.subscribe([(topic, 1) for topic in self.subscriptions])
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.error("subscribe failed: %s", mqtt.error_string(result))
 
     def _on_subscribe(
         self,

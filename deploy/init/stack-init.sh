@@ -5,7 +5,7 @@
 set -eu
 
 # No default passwords: every secret must be set, and not to a placeholder.
-for name in grafana_admin_password influxdb_admin_password influxdb_admin_token mqtt_master_secret; do
+for name in grafana_admin_password influxdb_admin_password influxdb_admin_token mqtt_master_secret stadtpuls_admin_token; do
   value=$(cat "/run/secrets/$name" 2>/dev/null || true)
   case "$(printf '%s' "$value" | tr '[:upper:]' '[:lower:]')" in
     ""|changeme|change-me|secret|password|token|xxx|todo)
