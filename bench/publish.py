@@ -3,9 +3,11 @@ subscriber under test.
 
     python -m bench.publish --port P --mode single|block|live --count N [--rate R]
 
-``single``: one SenML reading per message; ``block``: native blocks of 100 samples at
-100 Hz; ``live``: one reading per message whose device time is the moment of publishing,
-paced at ``--rate``, so the subscriber can measure publish-to-commit latency.
+``single``: one SenML reading per message; ``sites``: the same spread round robin over
+``SITES`` bridges (for several workers, which share the stream by site); ``block``: native
+blocks of 100 samples at 100 Hz; ``live``: one reading per message whose device time is the
+moment of publishing, paced at ``--rate``, so the subscriber can measure publish-to-commit
+latency.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 
 DEVICES = 20
 GAUGES = 5
+SITES = 300
+
+
+def site_id(n: int) -> str:
+    return f"bench-{n:03d}"
+
+
+def sites(seq: int, base_s: float) -> tuple[str, bytes]:
+    gauge = (seq // SITES) % GAUGES + 1
+    record = {"bn": "sg00/", "bt": base_s + seq / 1000, "n": f"g{gauge}/strain", "v": 1.5}
+    return f"stadtpuls/bridge/{site_id(seq % SITES)}/sg00", json.dumps([record]).encode()
 
 
 def topic(seq: int) -> tuple[str, str]:
@@ -45,7 +58,7 @@ def block(seq: int, base_s: float) -> tuple[str, bytes]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--mode", choices=["single", "block", "live"], required=True)
+    ap.add_argument("--mode", choices=["single", "sites", "block", "live"], required=True)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--rate", type=float, default=0.0)
     ap.add_argument("--base-s", type=float, default=0.0)
@@ -81,6 +94,8 @@ def main() -> None:
             payload = json.dumps([record]).encode()
         elif args.mode == "single":
             t, payload = single(seq, args.base_s)
+        elif args.mode == "sites":
+            t, payload = sites(seq, args.base_s)
         else:
             t, payload = block(seq, args.base_s)
         info = client.publish(t, payload, qos=1)

@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.publish import DEVICES, GAUGES
+from bench.workers import measure as measure_workers
 from devices.registry import parse_registry
 from ingest.batch import ReadingBatch
 from stadtpuls.broker import MosquittoBroker
@@ -202,6 +203,9 @@ def main() -> None:
                 f"p99 {p99 * 1000:.0f} ms (publish to commit)",
                 flush=True,
             )
+        # Its own broker: the sessions above would queue the stream too.
+        with MosquittoBroker(root / "broker-workers", persistence=False) as broker:
+            scale_out = measure_workers(broker.port, root / "workers")
     gc.collect()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the benchmark process (service inside): {peak_mb:.0f} MB")
@@ -214,6 +218,7 @@ def main() -> None:
         "p99_commit_s": round(p99, 4),
         "peak_rss_mb": round(peak_mb, 1),
         "check_cpu_share": round(check_s / cpu_s, 4),
+        **scale_out,
     }
     print(json.dumps(results))
 

@@ -6,6 +6,9 @@ Reading ``seq`` of a run has device time ``base + seq`` milliseconds and value
 message it came from.
 
     python -m tests.support.loadgen --port P --count N --rate R --out acked.json
+
+With ``--sites a,b,c`` reading ``seq`` goes to bridge site ``seq % 3`` of that list (same
+device), for tests that spread one numbered stream over several sites.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ def payload(device: str, r: Reading) -> bytes:
     return json.dumps([record]).encode()
 
 
+def site_topic(sites: list[str], seq: int, device: str) -> str:
+    return f"stadtpuls/bridge/{sites[seq % len(sites)]}/{device}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--topic", default="stadtpuls/bridge/b1/sg1")
     ap.add_argument("--device", default="sg1")
+    ap.add_argument("--sites", default="", help="comma-separated bridge sites, round robin")
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--rate", type=float, required=True, help="messages per second")
     ap.add_argument("--base-ms", type=int, required=True)
@@ -73,6 +81,7 @@ def main() -> None:
     client.loop_start()
     if args.count > 65_000:
         raise SystemExit("packet ids repeat after 65535 messages; use fewer per run")
+    sites = [s for s in args.sites.split(",") if s]
     mids: list[tuple[int, int]] = []
     start = time.monotonic()
     for seq in range(args.count):
@@ -80,7 +89,8 @@ def main() -> None:
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # pacing the load, not waiting for a condition
-        info = client.publish(args.topic, payload(args.device, reading(args.base_ms, seq)), qos=1)
+        topic = site_topic(sites, seq, args.device) if sites else args.topic
+        info = client.publish(topic, payload(args.device, reading(args.base_ms, seq)), qos=1)
         # NO_CONN still queues a QoS 1 message in paho; it goes out on reconnect.
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise SystemExit(f"publish {seq} failed: {mqtt.error_string(info.rc)}")
