@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics chromium:chromium prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench eval-anomaly bench-anomaly bench-export clean
+.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers eval-anomaly bench-anomaly bench-export faults clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
@@ -15,6 +15,7 @@ help:
 	@echo "make eval-anomaly  - detector precision/recall on labelled simulator traces"
 	@echo "make bench-anomaly - the anomaly check's speed against a per-sample reference"
 	@echo "make bench-export  - a year of 1-minute data of a 10-sensor school: export time, peak RSS"
+	@echo "make faults - the full fault suite (broker, database, disk, kills, skew, overload); a table"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || { \
@@ -83,6 +84,10 @@ demo: sync
 bench: tools sync
 	$(UV) run python -m bench.run
 
+# The multi-worker part of `make bench` alone: readings/s with 1, 2 and 3 worker processes.
+bench-workers: tools sync
+	$(UV) run python -m bench.workers
+
 # Labelled simulator traces with injected faults: precision, recall and F1 per detector.
 eval-anomaly: sync
 	$(UV) run python -m bench.eval_anomaly
@@ -94,6 +99,11 @@ bench-anomaly: sync
 # A year of 1-minute data of a school with 10 sensors, exported streamed: time and peak RSS.
 bench-export: sync
 	$(UV) run python -m bench.export_year
+
+# Every fault in its long form (a 10-minute database outage, 50 kills, 20 broker restarts):
+# about half an hour. CI runs the short form inside `make test`.
+faults: tools sync
+	$(UV) run python -m bench.faults
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache stadtpuls-demo bench-results

@@ -31,6 +31,7 @@ SILENT = "device-silent"
 QUARANTINE = "quarantine-rate"
 JOURNAL = "journal-depth"
 BROKER = "broker-down"
+STORE = "store-failing"
 
 
 class NotificationSink(Protocol):
@@ -42,6 +43,8 @@ class PipelineHealth:
     quarantined_total: int  # messages quarantined since the service started
     journal_depth: int
     broker_connected: bool
+    committed_total: int = 0  # messages durably committed since the service started
+    commit_failures_total: int = 0  # durable commits that failed (and were retried)
 
 
 def _at(ns: int) -> datetime:
@@ -88,6 +91,7 @@ class AlertEngine:
         self._seen = [now] * len(devices)
         self._quarantine_marks: list[tuple[datetime, int]] = []
         self._broker_down_since: datetime | None = None
+        self._last_commits: tuple[int, int] | None = None  # (committed, failures)
         # One track per (rule, series), plus device and pipeline alerts by key.
         self._tracks: dict[tuple[str, int], Stored] = {}
         self._other: dict[AlertKey, Stored] = {}
@@ -101,7 +105,7 @@ class AlertEngine:
         index = self._by_key.get((k.site, k.device, k.channel))
         if k.rule in self._rule_names and index is not None:
             self._tracks[(k.rule, index)] = st
-        elif k.rule in (SILENT, QUARANTINE, JOURNAL, BROKER):
+        elif k.rule in (SILENT, QUARANTINE, JOURNAL, BROKER, STORE):
             self._other[k] = st
         else:
             log.info("alert %s no longer matches a rule or series; resolving it", k.id)
@@ -399,6 +403,17 @@ class AlertEngine:
             self._broker_down_since = now
         down = 0.0 if self._broker_down_since is None else (now - self._broker_down_since)
         seconds = down.total_seconds() if isinstance(down, timedelta) else down
+        # Commits failing with none getting through (a full disk, a locked file): nothing is
+        # acknowledged, the broker holds the stream, and someone must act.
+        if self._last_commits is not None:
+            committed = h.committed_total - self._last_commits[0]
+            failed = h.commit_failures_total - self._last_commits[1]
+            st = self._pipeline_alert(
+                STORE, Severity.CRITICAL, "durable commits are failing: nothing is acknowledged"
+            )
+            st.alert.unit = "failed commits"
+            self._level(st, failed > 0 and committed == 0, committed > 0, float(failed), now)
+        self._last_commits = (h.committed_total, h.commit_failures_total)
         st = self._pipeline_alert(BROKER, Severity.CRITICAL, "the service lost its MQTT broker")
         st.alert.threshold, st.alert.unit = cfg.broker_down_for.total_seconds(), "s"
         self._level(st, seconds > st.alert.threshold, h.broker_connected, seconds, now)

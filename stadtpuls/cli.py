@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -78,10 +79,27 @@ def check_config(config_path: Path | None) -> None:
 
 @main.command()
 @CONFIG
-def run(config_path: Path | None) -> None:
+@click.option(
+    "--worker-index",
+    type=int,
+    default=None,
+    help="This worker's number, 0 to count-1 (worker.index; STADTPULS_WORKER__INDEX).",
+)
+@click.option(
+    "--worker-count",
+    type=int,
+    default=None,
+    help="How many ingest workers share the sites (worker.count; STADTPULS_WORKER__COUNT).",
+)
+def run(config_path: Path | None, worker_index: int | None, worker_count: int | None) -> None:
     """Run the service until SIGTERM or Ctrl-C."""
     from stadtpuls.service import Service
 
+    # Through the environment, which wins over the file, so one settings file can serve
+    # every worker and each worker's unit or container passes only its number.
+    for key, value in (("INDEX", worker_index), ("COUNT", worker_count)):
+        if value is not None:
+            os.environ[f"STADTPULS_WORKER__{key}"] = str(value)
     settings, registry = _load(config_path)
     _logging(settings.log_level)
     service = Service(settings, registry)

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +31,7 @@ from stadtpuls.alerting import Alerting
 from stadtpuls.exportapi import ExportApi, build_export_source, export_caps
 from stadtpuls.settings import Settings
 from stadtpuls.web import HttpServer, build_app
+from stadtpuls.workers import worker_share
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
         keepalive=m.keepalive,
         session_expiry=m.session_expiry,
         receive_maximum=m.receive_maximum,
+        tls=m.tls,
         tls_ca=None if m.tls_ca is None else str(m.tls_ca),
         tls_cert=None if m.tls_cert is None else str(m.tls_cert),
         tls_key=None if m.tls_key is None else str(m.tls_key),
@@ -143,6 +145,9 @@ class Service:
         self, settings: Settings, registry: Registry, listeners: Sequence[BatchListener] = ()
     ) -> None:
         self.settings = settings
+        # One of several workers runs its whole pipeline over its own sites only.
+        self.share = worker_share(settings, registry)
+        full_registry, registry = registry, self.share.registry
         self.registry = registry
         self.metrics = IngestMetrics()
         self.store = build_store(settings, registry)
@@ -167,9 +172,10 @@ class Service:
             [*listeners, *alert_listeners, _StateSaver(self.detectors, self.anomaly_state_path)],
         )
         self.subscriber = MqttSubscriber(
-            mqtt_settings(settings),
-            TopicScheme(settings.topic_prefix).subscriptions(),
+            replace(mqtt_settings(settings), client_id=self.share.client_id),
+            self.share.subscriptions,
             self.metrics,
+            self.share.unsubscriptions,
         )
         self.loop = IngestLoop(
             self.subscriber,
@@ -182,19 +188,32 @@ class Service:
         if isinstance(stats, InfluxWriteStats):
             self.metrics.registry.register(_InfluxCollector(stats))
         self.tokens = TokenStore(settings.token_db_path)
+        # Every worker reads the shared InfluxDB, so any of them can export any site; a
+        # worker's SQLite store holds its own sites only.
+        export_registry, export_source = registry, source
+        if settings.store.backend == "influxdb" and registry is not full_registry:
+            export_registry = full_registry
+            export_source = build_export_source(settings, full_registry, self.store)
         export_api = ExportApi(
-            source,
-            registry,
+            export_source,
+            export_registry,
             self.tokens,
             export_caps(settings),
         )
-        routes = [*export_api.routes(), *([] if self.alerting is None else self.alerting.routes())]
-        app = build_app(self.readiness, self.metrics.registry, self._refresh_gauges, routes)
+        admin_token = settings.http.admin_token
+        app = build_app(
+            self.readiness,
+            self.metrics.registry,
+            self._refresh_gauges,
+            export_api.routes(),  # checks the students' read tokens itself
+            admin_routes=[] if self.alerting is None else self.alerting.routes(),
+            admin_token=None if admin_token is None else admin_token.get_secret_value(),
+        )
         self.http = HttpServer(app, settings.http.host, settings.http.port)
 
     @property
     def anomaly_state_path(self) -> Path:
-        return self.settings.data_dir / "anomaly-state.npz"
+        return self.settings.worker_dir / "anomaly-state.npz"
 
     def _run(self) -> None:
         try:
@@ -212,7 +231,14 @@ class Service:
 
     def _health(self) -> PipelineHealth:
         status = self.status()
-        return PipelineHealth(status.rejected, status.journal_depth, status.connected)
+        r = self.metrics.registry
+        return PipelineHealth(
+            status.rejected,
+            status.journal_depth,
+            status.connected,
+            int(r.get_sample_value("stadtpuls_messages_committed_total") or 0),
+            int(r.get_sample_value("stadtpuls_commit_failures_total") or 0),
+        )
 
     def _refresh_gauges(self) -> None:
         self.metrics.journal_depth.set(self.store.journal_depth())

@@ -8,9 +8,11 @@ placeholder secret refuses start-up.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -39,9 +41,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _mqtt_url(url: str) -> dict[str, Any]:
+    """``mqtts://host[:port]`` or ``mqtt://host[:port]`` as host, port and TLS."""
+    # The URL is never echoed: a pasted one may carry a password.
+    expected = "mqtt.url: expected mqtts://HOST[:PORT] or mqtt://HOST[:PORT]"
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "mqtt.url must not carry credentials: use mqtt.username and mqtt.password_file"
+        )
+    if (
+        parts.scheme not in {"mqtt", "mqtts"}
+        or not parts.hostname
+        or parts.path not in {"", "/"}
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(expected)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{expected} (the port must be 1-65535)") from None
+    tls = parts.scheme == "mqtts"
+    return {"host": parts.hostname, "port": port or (8883 if tls else 1883), "tls": tls}
+
+
 class MqttSection(_Section):
+    url: str | None = None  # sets host, port and tls in one; mqtts:// is TLS
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = False  # also on with mqtts:// or any tls_* file
     client_id: str = Field(default="stadtpuls-ingest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # YAML reads an unquoted 5 as a number; the protocol is a name, so take either.
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
@@ -55,9 +84,37 @@ class MqttSection(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("url") is None:
+            return data
+        # Two answers to "where is the broker" would leave one silently ignored.
+        clash = sorted(k for k in ("host", "port", "tls") if k in data)
+        if clash:
+            raise ValueError(
+                "mqtt.url already sets host, port and TLS; remove "
+                + ", ".join(f"mqtt.{k}" for k in clash)
+            )
+        return {**data, **_mqtt_url(str(data["url"]))}
+
     @model_validator(mode="after")
     def _secret(self) -> MqttSection:
         self.password = read_secret(self.password, self.password_file, "mqtt.password")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttSection:
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("mqtt.tls_key is set without mqtt.tls_cert")
+        files = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
+        given = [name for name, path in files.items() if path is not None]
+        if given and self.url is not None and self.url.startswith("mqtt://"):
+            raise ValueError(f"mqtt.url is mqtt:// (no TLS) but mqtt.{given[0]} is set")
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"mqtt.{name}: no such file {path}")
+        self.tls = self.tls or bool(given)
         return self
 
 
@@ -94,9 +151,40 @@ class LimitsSection(_Section):
     backfill_horizon: Duration = timedelta(days=30)
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost may resolve to anything
+        return False
+
+
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
 class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Guards /metrics and the alert endpoints; required once host is not a loopback address.
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _admin_token(self) -> HttpSection:
+        token = read_secret(self.admin_token, self.admin_token_file, "http.admin_token")
+        if token is not None and len(token.get_secret_value()) < ADMIN_TOKEN_MIN_LENGTH:
+            raise ValueError(
+                f"http.admin_token must have at least {ADMIN_TOKEN_MIN_LENGTH} characters"
+            )
+        if token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"http.host {self.host} is reachable from other machines, so /metrics and the "
+                "alert endpoints need a token: set STADTPULS_HTTP__ADMIN_TOKEN or "
+                "http.admin_token_file"
+            )
+        self.admin_token = token
+        return self
 
 
 class ExportSection(_Section):
@@ -107,6 +195,22 @@ class ExportSection(_Section):
     max_exports_per_minute: int = Field(default=20, ge=1)
     token_expiry: Duration = timedelta(days=30)  # default for `stadtpuls tokens create`
     licence: str = "Datenlizenz Deutschland - Namensnennung - Version 2.0 (dl-de/by-2-0)"
+
+
+class WorkerSection(_Section):
+    """This process's share when several ingest workers share the stream ("Several
+    workers"): worker ``index`` of ``count`` takes the sites that hash to it."""
+
+    index: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> WorkerSection:
+        if self.index >= self.count:
+            raise ValueError(
+                f"worker.index ({self.index}) must be below worker.count ({self.count})"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -133,6 +237,7 @@ class Settings(BaseSettings):
     http: HttpSection = Field(default_factory=HttpSection)
     export: ExportSection = Field(default_factory=ExportSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
+    worker: WorkerSection = Field(default_factory=WorkerSection)
 
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> Settings:
@@ -166,12 +271,20 @@ class Settings(BaseSettings):
         return env_settings, init_settings, file_secret_settings
 
     @property
+    def worker_dir(self) -> Path:
+        """Where this worker keeps its journal, anomaly and alert state: workers that
+        shared these files would overwrite each other's state and drain one journal."""
+        if self.worker.count == 1:
+            return self.data_dir
+        return self.data_dir / f"worker-{self.worker.index}"
+
+    @property
     def database_path(self) -> Path:
-        return self.data_dir / "stadtpuls.db"
+        return self.worker_dir / "stadtpuls.db"
 
     @property
     def alerts_db_path(self) -> Path:
-        return self.data_dir / "alerts.sqlite"
+        return self.worker_dir / "alerts.sqlite"
 
     @property
     def token_db_path(self) -> Path:
@@ -186,6 +299,7 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     for section, keys in (
         ("mqtt", ("password_file", "tls_ca", "tls_cert", "tls_key")),
         ("influxdb", ("token_file",)),
+        ("http", ("admin_token_file",)),
         ("export", ("token_db",)),
     ):
         sec = data.get(section)

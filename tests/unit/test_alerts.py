@@ -307,6 +307,25 @@ def test_pipeline_health(tmp_path: Path) -> None:
     assert ("firing", "quarantine-rate///") in events
 
 
+def test_failing_commits_alert_until_one_gets_through(tmp_path: Path) -> None:
+    health = Health()
+    rig = Rig(tmp_path, config(silence={"enabled": False}), health)
+    health.value = PipelineHealth(0, 0, True, committed_total=100, commit_failures_total=0)
+    rig.engine.tick()
+    health.value = PipelineHealth(0, 0, True, committed_total=100, commit_failures_total=3)
+    rig.advance(5)
+    rig.engine.tick()
+    assert rig.sink.events() == [("firing", "store-failing///")]
+    health.value = PipelineHealth(0, 0, True, committed_total=100, commit_failures_total=9)
+    rig.advance(5)
+    rig.engine.tick()
+    assert len(rig.sink.sent) == 1
+    health.value = PipelineHealth(0, 0, True, committed_total=140, commit_failures_total=9)
+    rig.advance(5)
+    rig.engine.tick()
+    assert rig.sink.events()[-1] == ("resolved", "store-failing///")
+
+
 def test_config_refuses_a_clear_level_beyond_the_threshold() -> None:
     with pytest.raises(ValidationError, match="must not lie above"):
         ThresholdRule.model_validate(
