@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics chromium:chromium prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers eval-anomaly bench-anomaly bench-export faults clean
+.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers eval-anomaly bench-anomaly bench-export faults soak clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-anomaly - the anomaly check's speed against a per-sample reference"
 	@echo "make bench-export  - a year of 1-minute data of a 10-sensor school: export time, peak RSS"
 	@echo "make faults - the full fault suite (broker, database, disk, kills, skew, overload); a table"
+	@echo "make soak   - an hour at half the maximum rate with faults; RSS, latency and a plot"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || { \
@@ -104,6 +105,11 @@ bench-export: sync
 # about half an hour. CI runs the short form inside `make test`.
 faults: tools sync
 	$(UV) run python -m bench.faults
+
+# An hour at about half the maximum single-reading rate with a fault every 10 minutes:
+# RSS, pending messages and latency over time, and bench-results/soak/soak.png.
+soak: tools sync
+	$(UV) run python -m bench.soak
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache stadtpuls-demo bench-results

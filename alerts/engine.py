@@ -9,6 +9,7 @@ without blocking the committer thread that calls ``batch_committed``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from alerts.config import AlertsConfig
 from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
@@ -177,10 +179,18 @@ class AlertEngine:
         if len(candidates) == 0:
             return
         sel = np.flatnonzero(np.isin(s, candidates))
+        if len(sel) == 0:
+            return  # the tracked series have no readings in this batch
         sel = sel[np.lexsort((ts[sel], s[sel]))]
-        for i in sel.tolist():
-            self._step(rule, int(s[i]), int(ts[i]), float(values[i]), bool(on[i]),
-                       bool(clear[i]), now)  # fmt: skip
+        ss, tt, vv, oo, cc = s[sel], ts[sel], values[sel], on[sel], clear[sel]
+        # A firing series is judged on every batch; stepping reading by reading would put a
+        # Python loop over each of its readings on the hot path. Runs of readings with the
+        # same (on, clear) lead to the same decisions, so they are judged a run at a time.
+        code = oo.astype(np.int8) * 2 + cc.astype(np.int8)
+        cut = np.flatnonzero((ss[1:] != ss[:-1]) | (code[1:] != code[:-1])) + 1
+        bounds = np.concatenate(([0], cut, [len(sel)])).tolist()
+        for lo, hi in itertools.pairwise(bounds):
+            self._run(rule, int(ss[lo]), tt[lo:hi], vv[lo:hi], bool(oo[lo]), bool(cc[lo]), now)
 
     def _track(self, rule: Rule, index: int) -> Stored:
         st = self._tracks.get((rule.name, index))
@@ -206,36 +216,54 @@ class AlertEngine:
             labels={"measurement": s.key.measurement},
         )
 
-    def _step(
-        self, rule: Rule, index: int, t_ns: int, value: float, on: bool, clear: bool, now: datetime
+    def _run(
+        self,
+        rule: Rule,
+        index: int,
+        t: npt.NDArray[np.int64],
+        v: npt.NDArray[np.float64],
+        on: bool,
+        clear: bool,
+        now: datetime,
     ) -> None:
+        """A run of one series' consecutive readings (in time order) that are all on, all
+        clear or all in between: the decisions of stepping through them one by one, with
+        the moment a duration is reached found by searchsorted."""
         st = self._track(rule, index)
         a, e = st.alert, st.engine
         for_ns = rule.for_ns if isinstance(rule, LevelRule) else 0
-        if a.state == State.RESOLVED:
-            if not on:
-                return
-            a.state, a.since, a.value = State.PENDING, _at(t_ns), value
-            e["since_ns"] = t_ns
+        if on:
+            if a.state == State.RESOLVED:
+                a.state, a.since, a.value = State.PENDING, _at(int(t[0])), float(v[0])
+                e["since_ns"] = int(t[0])
+                e.pop("clear_since_ns", None)
+                if for_ns > 0:
+                    self.store.save(st, "pending", f"value {_fmt(float(v[0]))}", now)
+            if a.state == State.PENDING:
+                k = int(np.searchsorted(t, e["since_ns"] + for_ns, side="left"))
+                if k == len(t):
+                    return  # not yet for long enough
+                self._fire(st, int(t[k]), float(v[k]), now)
+            # Firing: beyond the threshold again, so any wait for the clear level restarts.
             e.pop("clear_since_ns", None)
-            if for_ns > 0:
-                self.store.save(st, "pending", f"value {_fmt(value)}", now)
+            a.value = float(v[-1])
+            return
+        if a.state == State.RESOLVED:
+            return
         if a.state == State.PENDING:
-            if not on:
-                a.state = State.RESOLVED
-                self.store.save(st, "cancelled", "condition ended before its duration", now)
-            elif t_ns - e["since_ns"] >= for_ns:
-                self._fire(st, t_ns, value, now)
+            a.state = State.RESOLVED
+            self.store.save(st, "cancelled", "condition ended before its duration", now)
             return
         # Firing: it resolves once it has stayed on the safe side of the clear level for
         # clear_for; a reading beyond the clear level starts that wait again.
         if not clear:
             e.pop("clear_since_ns", None)
-            a.value = value if on else a.value
             return
-        e.setdefault("clear_since_ns", t_ns)
-        if t_ns - e["clear_since_ns"] >= rule.clear_for_ns:
-            self._resolve(st, now, _at(t_ns), value, f"value {_fmt(value)}")
+        e.setdefault("clear_since_ns", int(t[0]))
+        k = int(np.searchsorted(t, e["clear_since_ns"] + rule.clear_for_ns, side="left"))
+        if k < len(t):
+            value = float(v[k])
+            self._resolve(st, now, _at(int(t[k])), value, f"value {_fmt(value)}")
 
     def _fire(self, st: Stored, t_ns: int | None, value: float | None, now: datetime) -> None:
         a, e = st.alert, st.engine

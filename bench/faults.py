@@ -83,11 +83,19 @@ class Load:
 
 
 def start_load(
-    workdir: Path, port: int, count: int, rate: float, name: str, skew_ms: int = 0
+    workdir: Path,
+    port: int,
+    count: int,
+    rate: float,
+    name: str,
+    skew_ms: int = 0,
+    base_ms: int | None = None,
 ) -> Load:
+    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{name}.json"
-    # A minute ago plus the device's clock error: inside the allowed window unless skewed.
-    base_ms = time.time_ns() // 1_000_000 - 60_000 + skew_ms
+    if base_ms is None:
+        # A minute ago plus the device's clock error: inside the allowed window unless skewed.
+        base_ms = time.time_ns() // 1_000_000 - 60_000 + skew_ms
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "tests.support.loadgen", "--port", str(port),
