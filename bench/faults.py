@@ -231,6 +231,7 @@ class Rig:
     def __init__(
         self, workdir: Path, influx: bool, data_dir: Path | None = None, broker_config: str = ""
     ) -> None:
+        workdir = workdir.resolve()
         self.workdir = workdir
         self.broker = MosquittoBroker(workdir / "broker", extra_config=broker_config)
         self.vm = VictoriaMetrics(workdir / "vm") if influx else None
@@ -645,8 +646,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("bench-results/faults"))
     args = parser.parse_args()
     names = args.only or (SHORT if args.short else list(SCENARIOS))
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    outcomes = run(args.workdir, names, args.short)
+    # Absolute: the service resolves relative paths against its own settings file.
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    outcomes = run(workdir, names, args.short)
     print(table(outcomes))
     ok = all(o.ok for o in outcomes)
     print(json.dumps({"ok": ok, "faults": [asdict(o) for o in outcomes]}))

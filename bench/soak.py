@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--fault-every", type=float, default=10.0, help="minutes")
     ap.add_argument("--out", type=Path, default=Path("bench-results/soak"))
     args = ap.parse_args()
+    args.out = args.out.resolve()  # the service resolves relative paths against its settings
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     registry = args.out / "registry.yaml"

@@ -47,6 +47,9 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # apscheduler logs every run of every job at INFO: the alert tick alone, every 5 s,
+    # would bury the service's own lines.
+    logging.getLogger("apscheduler").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 def _parse_time(value: str) -> int:
