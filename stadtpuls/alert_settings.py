@@ -3,6 +3,7 @@ whose secrets are read here like every other secret of the service."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -168,29 +169,52 @@ def _path(p: Path | None) -> str | None:
     return None if p is None else str(p)
 
 
-def build_channel(
-    model: ChannelModel, topic_prefix: str, broker: tuple[str, int, str | None, str | None]
-) -> Channel:
-    """A channel from its settings; ``broker`` is the service's own (host, port, user,
-    password), which an MQTT channel without a host of its own uses."""
+@dataclass(frozen=True, slots=True)
+class ServiceBroker:
+    """The service's own broker connection, which an MQTT channel without a host of its
+    own shares: the same host, port, account and TLS."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def build_channel(model: ChannelModel, topic_prefix: str, broker: ServiceBroker) -> Channel:
+    """A channel from its settings; an MQTT channel without a host uses ``broker``."""
     if isinstance(model, MqttChannelModel):
-        host, port, user, password = broker
-        own = model.host is not None
-        return MqttChannel(
-            model.name,
-            MqttChannelSettings(
-                host=model.host or host,
-                port=model.port or port,
+        if model.host is None:
+            settings = MqttChannelSettings(
+                host=broker.host,
+                port=model.port or broker.port,
                 client_id=model.client_id,
-                username=model.username if own else (model.username or user),
-                password=_plain(model.password) if own else (_plain(model.password) or password),
+                username=model.username or broker.username,
+                password=_plain(model.password) or broker.password,
+                tls=broker.tls,
+                tls_ca=_path(model.tls_ca) or broker.tls_ca,
+                tls_cert=_path(model.tls_cert) or broker.tls_cert,
+                tls_key=_path(model.tls_key) or broker.tls_key,
+                timeout=model.timeout,
+                topic_prefix=topic_prefix,
+            )
+        else:
+            settings = MqttChannelSettings(
+                host=model.host,
+                port=model.port or 1883,
+                client_id=model.client_id,
+                username=model.username,
+                password=_plain(model.password),
                 tls_ca=_path(model.tls_ca),
                 tls_cert=_path(model.tls_cert),
                 tls_key=_path(model.tls_key),
                 timeout=model.timeout,
                 topic_prefix=topic_prefix,
-            ),
-        )
+            )
+        return MqttChannel(model.name, settings)
     if isinstance(model, WebhookChannelModel):
         secret = _plain(model.secret)
         assert secret is not None  # the model refuses a webhook without one

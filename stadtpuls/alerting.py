@@ -19,7 +19,7 @@ from alerts.jobs import AlertJobs
 from alerts.model import Alert, Notification, Severity
 from alerts.state import AlertStore
 from devices.registry import Registry
-from stadtpuls.alert_settings import build_channel
+from stadtpuls.alert_settings import ServiceBroker, build_channel
 from stadtpuls.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,15 @@ class Alerting:
         self.config = cfg
         self.store = AlertStore(settings.alerts_db_path)
         m = settings.mqtt
-        broker = (
+        broker = ServiceBroker(
             m.host,
             m.port,
             m.username,
             None if m.password is None else m.password.get_secret_value(),
+            m.tls,
+            None if m.tls_ca is None else str(m.tls_ca),
+            None if m.tls_cert is None else str(m.tls_cert),
+            None if m.tls_key is None else str(m.tls_key),
         )
         channels = [build_channel(c, settings.topic_prefix, broker) for c in cfg.channels]
         self.dispatcher = Dispatcher(channels, self.store.record_delivery)

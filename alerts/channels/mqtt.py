@@ -46,6 +46,7 @@ class MqttChannelSettings:
     protocol: Literal["5", "3.1.1"] = "5"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    tls: bool = False  # also on when a CA or client certificate is given
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -91,7 +92,7 @@ class MqttChannel:
         c = self._client
         if settings.username is not None:
             c.username_pw_set(settings.username, settings.password)
-        if settings.tls_ca is not None or settings.tls_cert is not None:
+        if settings.tls or settings.tls_ca is not None or settings.tls_cert is not None:
             c.tls_set(
                 ca_certs=settings.tls_ca,
                 certfile=settings.tls_cert,
