@@ -90,6 +90,7 @@ def start_load(
     name: str,
     skew_ms: int = 0,
     base_ms: int | None = None,
+    topic: str = "stadtpuls/bridge/b1/sg1",
 ) -> Load:
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{name}.json"
@@ -100,7 +101,7 @@ def start_load(
         [
             sys.executable, "-m", "tests.support.loadgen", "--port", str(port),
             "--count", str(count), "--rate", str(rate), "--base-ms", str(base_ms),
-            "--out", str(out), "--device", "sg1", "--drain-timeout", "600",
+            "--out", str(out), "--device", "sg1", "--drain-timeout", "600", "--topic", topic,
         ]
     )  # fmt: skip
     return Load(proc, out, base_ms, count)
@@ -375,7 +376,7 @@ def _stored_count(rig: Rig) -> int:
         return 0
 
 
-def _finish(rig: Rig, loads: list[Load], timeout: float = 600) -> list[tuple[Load, list[int]]]:
+def _finish(rig: Rig, loads: list[Load], timeout: float = 180) -> list[tuple[Load, list[int]]]:
     done = [(load, load.finish()) for load in loads]
     expected = {reading(load.base_ms, seq).ts_ns for load, acked in done for seq in acked}
     # A reading that never arrives leaves this waiting out its timeout; the table then
@@ -605,7 +606,9 @@ SCENARIOS: dict[str, Scenario] = {
 }
 # CI's short form. The service killed mid-stream and the database down for 30 s run in CI as
 # tests/integration/test_delivery.py and test_influx_outage.py, with the same checks.
-SHORT = ["broker-kill", "broker-flap", "slow-db", "clock-skew", "overload", "disk-full"]
+# A SIGKILLed Mosquitto may lose the messages of the loop iteration it dies in (it acknowledges
+# before it saves), so CI restarts it instead; the full suite kills it and reports.
+SHORT = ["broker-restart", "broker-flap", "slow-db", "clock-skew", "overload", "disk-full"]
 
 
 def table(outcomes: list[Outcome]) -> str:

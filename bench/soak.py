@@ -198,6 +198,7 @@ def main() -> None:
                     running[i] = start_load(
                         args.out / f"stream-{i}", broker.port, per_load, args.rate,
                         f"load-{len(loads[i])}", base_ms=base,
+                        topic=f"stadtpuls/bridge/soak-{i}/sg1",
                     )  # fmt: skip
                     next_base[i] = base + per_load
             fault = ""
