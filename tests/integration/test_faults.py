@@ -2,8 +2,8 @@
 one): each fault on real processes, and every reading the broker acknowledged is stored or
 quarantined exactly once. The service killed mid-stream and the database outage run here
 as ``test_delivery.py`` and ``test_influx_outage.py``; the broker is restarted, not killed
-(README, "Fault suite": a killed Mosquitto can lose what it acknowledged last). The disk-full fault mounts a small
-tmpfs, so it needs root."""
+(README, "Fault suite": a killed Mosquitto can lose what it acknowledged last). The
+disk-full fault mounts a small tmpfs, so it needs root."""
 
 from __future__ import annotations
 
