@@ -1,0 +1,466 @@
+"""The detectors over per-series state arrays, judged in reading time.
+
+Every reading is judged against the readings of its series that precede it in device
+time, whichever batch, block or backlog it arrives in. Each series' readings are cut into
+segments of ``width`` consecutive readings, counted over the series' whole life (the
+first segment begins with its first reading); a reading's reference is the median and MAD
+of the segment before its own. So the statistics depend only on the series' own sequence
+of readings, never on how that sequence was split into batches: a week of one series in
+one batch is judged exactly as if it had arrived one reading at a time, and the cost is one
+median per segment instead of one per reading.
+
+Runs (of deviations, of repeated values) carry over from batch to batch; cross-series
+judgements look back only (another gauge of the bridge moved within the ten seconds up to
+this reading; the temperature that compensates a strain gauge is its latest reading at
+that time), so they too see the same readings whatever the batching, given that readings
+arrive in time order.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from devices.registry import Series
+from ingest.anomaly.arrays import (
+    F64,
+    I64,
+    Bool,
+    key_unit,
+    latest_at,
+    neighbours,
+    run_lengths,
+    series_time_order,
+    time_keys,
+)
+from ingest.anomaly.drift import Drift
+from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
+from ingest.anomaly.segments import EPOCH_NS, SegmentTrack, running_max_before
+from ingest.batch import AnomalyFlag, ReadingBatch
+
+T = TypeVar("T", bound=np.generic)
+
+SEGMENT = 48  # readings per segment at least: enough for a median and a MAD
+SEGMENT_MAX = 1 << 15
+STEEL_UE_PER_K = 12.0  # DOMAIN.md: 12.2 for steel, about 10 for concrete
+NO_TIME = np.iinfo(np.int64).min
+_SHARED_NS = 10 * 1_000_000_000
+# A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
+# loads a gauge near a support far less than one at mid-span.
+_SHARED_Z = 3.0
+# Flat runs: how fast the memory of the longest recent one fades, and how much history a
+# series needs before a flat run can count as stuck.
+_FLAT_TAU_S = 2 * 86400.0
+_STUCK_WARM_NS = 12 * 3600 * 1_000_000_000
+
+
+class AnomalyCheck(Protocol):
+    def check(self, batch: ReadingBatch) -> None:
+        """Set ``batch.flags`` bits and raise ``batch.scores`` in place."""
+
+
+def _settings(series: Series) -> dict[str, Any]:
+    # The registry validated names and types (devices.registry.DetectorsModel).
+    return dict(series.detectors)
+
+
+def _samples(seconds: float, interval_s: float) -> int:
+    return math.ceil(seconds / interval_s - 1e-9) if interval_s > 0 and seconds > 0 else 0
+
+
+class Detectors:
+    """All detectors over per-series state arrays."""
+
+    def __init__(
+        self, series: Sequence[Series], params: dict[str, DetectorParams] | None = None
+    ) -> None:
+        table = DEFAULT_PARAMS if params is None else params
+        # The registry's settings (measurement-wide, then the device's) over the defaults.
+        p = [replace(table[x.key.measurement], **_settings(x)) for x in series]
+        n = len(series)
+        self.names = [f"{s.key.site}/{s.key.device}/{s.key.name}" for s in series]
+        interval = [max(s.interval.total_seconds(), 1e-3) for s in series]
+        self.limit = np.array([abs(s.limit) if s.limit else np.inf for s in series])
+        self.floor = np.array([x.noise_floor for x in p])
+        self.spike_z = np.array([x.spike_z for x in p])
+        self.spike_tail = np.array([x.spike_tail for x in p])
+        self.step_z = np.array([x.step_z for x in p])
+        self.step_need = np.array(
+            [
+                max(x.step_samples, _samples(x.step_min_s, i))
+                for x, i in zip(p, interval, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        self.shift_z = np.array([x.shift_z for x in p])
+        self.shift_need = np.array(
+            [max(2, _samples(x.shift_min_s, i)) for x, i in zip(p, interval, strict=True)],
+            dtype=np.int64,
+        )
+        self.width = np.array(
+            [
+                min(max(SEGMENT, _samples(x.segment_s, i)), SEGMENT_MAX)
+                for x, i in zip(p, interval, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        self.stuck_samples = np.array(
+            [x.stuck_samples if x.stuck_samples > 0 else 1 << 62 for x in p], dtype=np.int64
+        )
+        self.stuck_factor = np.array([x.stuck_factor for x in p])
+        self.max_rate = np.array([x.max_rate for x in p])
+        self.gap_ns = np.array([x.gap_factor * i * 1e9 for x, i in zip(p, interval, strict=True)])
+        self.pair = _temperature_pairs(series)
+        devices = {(x.key.site, x.key.device) for x in series}
+        device_ids = {d: i for i, d in enumerate(sorted(devices))}
+        device = np.array([device_ids[(x.key.site, x.key.device)] for x in series], dtype=np.int64)
+        sites = {x.key.site: i for i, x in enumerate(series)}
+        site = np.array([sites[x.key.site] for x in series], dtype=np.int64)
+        bridge = np.array([x.kind == "bridge" for x in series], dtype=bool)
+        measures = {m: i for i, m in enumerate(sorted({x.key.measurement for x in series}))}
+        measure = np.array([measures[x.key.measurement] for x in series], dtype=np.int64)
+        # A lorry loads every strain gauge of a bridge (and nothing else: under traffic
+        # some gauge of a bridge moves every few seconds); an opened window moves all of a
+        # room's sensors.
+        self.group = np.where(bridge, len(device_ids) + site * len(measures) + measure, device)
+        self.drift = Drift(series, p, self.pair)
+        self._lock = threading.Lock()
+        # Strain is judged after what its temperature explains, and as it reads: a lasting
+        # change must show in both, or a faulty thermometer would move the gauge.
+        self.track = SegmentTrack(self.width, self.floor)
+        self.raw = SegmentTrack(self.width, self.floor)
+        self.first_ts = np.full(n, NO_TIME, dtype=np.int64)
+        self.last_ts = np.full(n, NO_TIME, dtype=np.int64)
+        self.last_value = np.full(n, np.nan)
+        self.last_eff = np.full(n, np.nan)  # the last value as the detectors saw it
+        self.same_run = np.zeros(n, dtype=np.int64)  # repeats of last_value so far
+        self.dev_run = np.zeros(n, dtype=np.int64)  # signed run of step-sized deviations
+        self.abrupt = np.zeros(n, dtype=bool)  # did that run begin with a lone jump?
+        self.onset_eff = np.zeros(n)  # ... to which level, by how much
+        self.onset_jump = np.zeros(n)
+        self.dev_ts = np.full(n, NO_TIME, dtype=np.int64)  # last reading beyond _SHARED_Z
+        # Longest recent flat runs as log(length) + time / tau, so "the longest, fading
+        # with age" is a running maximum: of all runs, and of those not themselves stuck.
+        self.flat_all = np.full(n, -np.inf)
+        self.flat_ok = np.full(n, -np.inf)
+
+    # -- the check -------------------------------------------------------------------------
+
+    def check(self, batch: ReadingBatch) -> None:
+        if len(batch) == 0:
+            return
+        with self._lock:  # a snapshot (save) must not see half a batch
+            self._check(batch)
+
+    def _check(self, batch: ReadingBatch) -> None:
+        order = series_time_order(batch.series, batch.ts_ns, len(self.names))
+        s = batch.series[order].astype(np.int64)
+        t = batch.ts_ns[order]
+        v = batch.values[order]
+        n = len(s)
+        first = np.ones(n, dtype=bool)
+        first[1:] = s[1:] != s[:-1]
+        starts = np.flatnonzero(first)
+        sizes = np.diff(np.append(starts, n))
+        lasts = starts + sizes - 1
+        uniq = s[starts]
+
+        def rep(per_series: npt.NDArray[T]) -> npt.NDArray[T]:
+            return np.repeat(per_series[uniq], sizes)
+
+        prev_v = np.empty(n)
+        prev_v[1:] = v[:-1]
+        prev_v[starts] = self.last_value[uniq]
+        prev_t = np.empty(n, dtype=np.int64)
+        prev_t[1:] = t[:-1]
+        prev_t[starts] = self.last_ts[uniq]
+        has_prev = prev_t != NO_TIME
+        with np.errstate(all="ignore"):  # no previous reading: masked below
+            d_ns = t - prev_t
+            dv = np.abs(v - prev_v)
+        self.first_ts[uniq] = np.where(
+            self.first_ts[uniq] == NO_TIME, t[starts], self.first_ts[uniq]
+        )
+
+        flags = np.zeros(n, dtype=np.int32)
+        ratio = np.abs(v) / rep(self.limit)
+        flags[ratio > 1.0] |= AnomalyFlag.LIMIT
+
+        # Strain is judged after removing what its temperature explains.
+        temp = self._paired_temperature(batch, s, t)
+        eff = np.where(np.isfinite(temp), v - STEEL_UE_PER_K * temp, v)
+
+        seg = self.track.advance(s, t, eff)
+        z, sigma = seg.z, seg.sigma
+        paired = np.flatnonzero(self.pair[s] >= 0)
+        if len(paired):
+            zr = self.raw.advance(s[paired], t[paired], v[paired]).z
+            ze = z[paired]
+            z[paired] = np.where(np.sign(ze) == np.sign(zr), ze, 0.0) * np.minimum(
+                1.0, np.abs(zr) / np.maximum(np.abs(ze), 1e-300)
+            )
+        absz = np.abs(z)
+        scores = np.maximum(ratio, absz / rep(self.spike_z)).astype(np.float32)
+
+        # Deviation runs: consecutive readings beyond step_z on one side of the reference.
+        d = np.flatnonzero(absz > rep(self.step_z))
+        ds, dsign = s[d], np.sign(z[d]).astype(np.int64)
+        at_start = first[d]
+        follows = np.where(at_start, np.sign(self.dev_run[ds]) == dsign, neighbours(d, first))
+        follows[1:] &= at_start[1:] | (dsign[1:] == dsign[:-1])
+        dev_len, head, carried = run_lengths(follows, at_start, np.abs(self.dev_run[ds]))
+        # What a run is, is decided at its first reading: a lone jump (a sensor's step) or
+        # not (a settlement builds up; a lesson fills a room), and whether another series
+        # of the bridge or room moved with it then (a lorry, an opened window).
+        onset = d[head]
+        prev_eff = np.empty(n)
+        prev_eff[1:] = eff[:-1]
+        prev_eff[starts] = self.last_eff[uniq]
+        with np.errstate(invalid="ignore"):
+            jump = np.abs(eff - prev_eff) / sigma
+            # A paired gauge moved only if its reading moved too, not just its thermometer.
+            jump[paired] = np.where(dv[paired] > _SHARED_Z * sigma[paired], jump[paired], 0.0)
+        jumped = jump[onset] > self.step_z[ds]
+        # Moving is jumping from the reading before: a reading far from an old reference
+        # (a room cooling through the night) has not moved with anything.
+        shared = self._shared(s, t, jump > _SHARED_Z, onset[~carried])
+        shared_at = np.zeros(len(d), dtype=bool)
+        shared_at[~carried] = shared
+        # A sensor's step is a jump to a new level that then holds; an opened window or a
+        # lorry keeps the reading moving after its first jump.
+        level = np.where(carried, self.onset_eff[ds], eff[onset])
+        size = np.where(carried, self.onset_jump[ds], np.abs(eff[onset] - prev_eff[onset]))
+        moved = np.abs(eff[d] - level) > 0.5 * size
+        moves = np.cumsum(moved)
+        moves -= (moves - moved)[head]
+        lone_jump = np.where(carried, self.abrupt[ds], jumped & ~shared_at[head]) & (moves == 0)
+        step = (dev_len >= self.step_need[ds]) & lone_jump
+        shift = (dev_len >= self.shift_need[ds]) & (absz[d] > self.shift_z[ds]) & ~lone_jump
+        # A spike jumps away from the reading before it, alone, beyond the series' usual
+        # excursions; a reading that crept there (a room being aired) is no spike.
+        lone = (absz[d] > self.spike_z[ds]) & (dev_len == 1) & ~shared_at
+        lone &= jump[d] > self.spike_z[ds]
+        spike = lone & (np.abs(eff[d] - seg.ref_med[d]) > self.spike_tail[ds] * seg.excursion[d])
+        flags[d[step]] |= AnomalyFlag.STEP
+        flags[d[shift]] |= AnomalyFlag.SHIFT
+        flags[d[spike]] |= AnomalyFlag.SPIKE
+
+        same_len = self._stuck(s, t, v, first, starts, uniq, has_prev, prev_v, prev_t, flags)
+
+        with np.errstate(all="ignore"):
+            fast = has_prev & (d_ns > 0) & (dv / (d_ns / 1e9) > rep(self.max_rate))
+        flags[fast] |= AnomalyFlag.RATE
+        flags[has_prev & (d_ns > rep(self.gap_ns))] |= AnomalyFlag.GAP
+
+        reset = (flags & (AnomalyFlag.STEP | AnomalyFlag.SHIFT)) != 0
+        drifting = self.drift.judge(seg.events, t, temp, reset, s, seg.own, seg.ref)
+        flags[drifting] |= AnomalyFlag.DRIFT
+
+        batch.flags[order] |= flags
+        np.maximum(batch.scores[order], scores, out=scores)
+        batch.scores[order] = scores
+
+        # The state each series leaves off with: its last reading's runs.
+        run = np.zeros(n, dtype=np.int64)
+        run[d] = dev_len * dsign
+        lone = np.zeros(n, dtype=bool)
+        lone[d] = lone_jump
+        at_level = np.zeros(n)
+        at_level[d] = level
+        jump_size = np.zeros(n)
+        jump_size[d] = size
+        self.onset_eff[uniq] = at_level[lasts]
+        self.onset_jump[uniq] = jump_size[lasts]
+        self.dev_run[uniq] = run[lasts]
+        self.abrupt[uniq] = lone[lasts]
+        self.same_run[uniq] = same_len[lasts]
+        self.last_ts[uniq] = np.maximum(self.last_ts[uniq], t[lasts])
+        self.last_value[uniq] = v[lasts]
+        self.last_eff[uniq] = eff[lasts]
+
+    def _paired_temperature(self, batch: ReadingBatch, s: I64, t: I64) -> F64:
+        """For each strain reading, the latest reading of its temperature at or before its
+        time (in this batch, else the last one seen); NaN for everything else."""
+        out = np.full(len(s), np.nan)
+        p = self.pair[s]
+        want = np.flatnonzero(p >= 0)
+        if len(want) == 0:
+            return out
+        bs, bt = batch.series.astype(np.int64), batch.ts_ns
+        is_temp = np.flatnonzero(np.isin(bs, p[want]))
+        out[want] = self.last_value[p[want]]
+        if len(is_temp):
+            lo = int(min(bt[is_temp].min(), t[want].min()))
+            unit = key_unit(lo, int(max(bt[is_temp].max(), t[want].max())))
+            keys = time_keys(bs[is_temp], bt[is_temp], lo, unit)
+            o = np.argsort(keys, kind="stable")
+            keys, rows = keys[o], is_temp[o]
+            k = latest_at(keys, time_keys(p[want], t[want], lo, unit))
+            ok = (k >= 0) & (bs[rows[np.maximum(k, 0)]] == p[want])
+            out[want[ok]] = batch.values[rows[k[ok]]]
+        return out
+
+    def _shared(self, s: I64, t: I64, moving: Bool, at: I64) -> Bool:
+        """For each reading at positions ``at``: did another series of its group move
+        beyond _SHARED_Z within the ten seconds up to it (this batch, or remembered)?
+        Looking back only keeps the answer the same however the readings are batched."""
+        if len(at) == 0:
+            self._remember_moves(s, t, moving)
+            return np.zeros(0, dtype=bool)
+        m = np.flatnonzero(moving)
+        lo = int(t[at].min()) - _SHARED_NS
+        recent = np.flatnonzero(self.dev_ts >= lo)
+        ev_s = np.concatenate([s[m], recent])
+        ev_t = np.concatenate([t[m], self.dev_ts[recent]])
+        self._remember_moves(s, t, moving)
+        if len(ev_s) == 0:
+            return np.zeros(len(at), dtype=bool)
+        unit = key_unit(lo, int(max(ev_t.max(), t[at].max())))
+        qs, qt = s[at], t[at]
+
+        def within(high_ev: I64, high_q: I64) -> I64:
+            keys = np.sort(time_keys(high_ev, ev_t, lo, unit))
+            a = np.searchsorted(keys, time_keys(high_q, qt - _SHARED_NS, lo, unit), "left")
+            b = np.searchsorted(keys, time_keys(high_q, qt, lo, unit), "right")
+            return (b - a).astype(np.int64)
+
+        return within(self.group[ev_s], self.group[qs]) > within(ev_s, qs)
+
+    def _remember_moves(self, s: I64, t: I64, moving: Bool) -> None:
+        m = np.flatnonzero(moving)
+        if len(m):
+            np.maximum.at(self.dev_ts, s[m], t[m])
+
+    def _stuck(
+        self,
+        s: I64,
+        t: I64,
+        v: F64,
+        first: Bool,
+        starts: I64,
+        uniq: I64,
+        has_prev: Bool,
+        prev_v: F64,
+        prev_t: I64,
+        flags: npt.NDArray[np.int32],
+    ) -> I64:
+        """stuck: the same value again and again, for longer than the series' own longest
+        recent flat run allows (a quantised thermometer holds a value through a quiet
+        night; a stuck one holds it through the lesson too). Returns the repeats so far at
+        each reading."""
+        n = len(s)
+        r = np.flatnonzero(has_prev & (v == prev_v))
+        at_start = first[r]
+        follows = neighbours(r, first) | at_start
+        same_r, head, _ = run_lengths(follows, at_start, self.same_run[s[r]])
+        same = np.zeros(n, dtype=np.int64)
+        same[r] = same_r
+        # Flat runs that end in this batch (the value changed), with their lengths and end
+        # times, and how the fading maximum of them stood before each.
+        changed = np.flatnonzero(has_prev & (v != prev_v))
+        before = np.empty(n, dtype=np.int64)
+        before[1:] = same[:-1]
+        before[starts] = self.same_run[s[starts]]
+        cs = s[changed]
+        length = before[changed] + 1
+        key = np.log(length) + (prev_t[changed] - EPOCH_NS) / 1e9 / _FLAT_TAU_S
+        all_before = running_max_before(cs, key, self.flat_all[cs])
+        thresh = self._stuck_need(cs, all_before, prev_t[changed])
+        ok = length < thresh  # runs that were not stuck themselves set the usual
+        ok_key = np.where(ok, key, -np.inf)
+        ok_before = running_max_before(cs, ok_key, self.flat_ok[cs])
+        # Each repeat is judged against the usual as of its run's start.
+        if len(r):
+            run_start = r[head]  # the run's first repeat: the run began just before
+            k = np.searchsorted(changed, run_start, side="right") - 1
+            kk = np.maximum(k, 0)
+            mine = (k >= 0) & (cs[kk] == s[r]) if len(changed) else np.zeros(len(r), bool)
+            usual = self.flat_ok[s[r]]
+            usual[mine] = np.maximum(ok_before[kk[mine]], ok_key[kk[mine]])
+            need = self._stuck_need(s[r], usual, t[r])
+            warm = (t[r] - self.first_ts[s[r]]) >= _STUCK_WARM_NS
+            flags[r[(same_r + 1 >= need) & warm]] |= AnomalyFlag.STUCK
+        always = self.stuck_samples[uniq] <= 1  # a setting of 1 makes every reading stuck
+        if always.any():
+            flags[np.repeat(always, np.diff(np.append(starts, n)))] |= AnomalyFlag.STUCK
+        if len(changed):
+            last = np.flatnonzero(np.append(cs[1:] != cs[:-1], True))
+            self.flat_all[cs[last]] = np.maximum(all_before[last], key[last])
+            self.flat_ok[cs[last]] = np.maximum(ok_before[last], ok_key[last])
+        return same
+
+    def _stuck_need(self, s: I64, usual_key: F64, at: I64) -> F64:
+        longest = np.exp(usual_key - (at - EPOCH_NS) / 1e9 / _FLAT_TAU_S)
+        need: F64 = np.maximum(self.stuck_samples[s], self.stuck_factor[s] * longest)
+        return need
+
+    # -- state across restarts -----------------------------------------------------------
+
+    _STATE = (
+        "first_ts", "last_ts", "last_value", "last_eff", "same_run", "dev_run", "abrupt",
+        "onset_eff", "onset_jump", "dev_ts", "flat_all", "flat_ok",
+    )  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        """Write the state, keyed by series name, so a changed registry still maps it."""
+        tmp = path.with_suffix(".tmp.npz")
+        with self._lock:
+            state = {k: getattr(self, k).copy() for k in self._STATE}
+            for prefix, part in (("drift_", self.drift), ("seg_", self.track), ("raw_", self.raw)):
+                state |= {prefix + k: v for k, v in part.state().items()}
+        np.savez(tmp, names=np.array(self.names), **state)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> int:
+        """Restore the state of the series both the file and the registry know; return how
+        many were restored. A series whose segment width changed starts a new segment."""
+        if not path.exists():
+            return 0
+        with np.load(path, allow_pickle=False) as data:
+            if "seg_buf" not in data:
+                return 0  # written by an earlier version of the detectors
+            index = {name: i for i, name in enumerate(self.names)}
+            pairs = [(index[n], j) for j, n in enumerate(data["names"].tolist()) if n in index]
+            if not pairs:
+                return 0
+            mine, theirs = (np.array(x, dtype=np.int64) for x in zip(*pairs, strict=True))
+            for key in self._STATE:
+                getattr(self, key)[mine] = data[key][theirs]
+            self.drift.restore(
+                mine, {k[6:]: data[k][theirs] for k in data.files if k.startswith("drift_")}
+            )
+            for prefix, track in (("seg_", self.track), ("raw_", self.raw)):
+                saved = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
+                track.restore(mine, theirs, saved)
+        return len(pairs)
+
+
+def _temperature_pairs(series: Sequence[Series]) -> I64:
+    """For each strain gauge the temperature that compensates it: the same channel's,
+    else the device's own, else any of the device's; -1 for none or not strain."""
+    by_key = {(x.key.site, x.key.device, x.key.channel, x.key.measurement): x.index for x in series}
+    pair = np.full(len(series), -1, dtype=np.int64)
+    for x in series:
+        if x.key.measurement != "strain":
+            continue
+        site, dev = x.key.site, x.key.device
+        candidates = [
+            by_key.get((site, dev, x.key.channel, "temperature")),
+            by_key.get((site, dev, "", "temperature")),
+            *(
+                i
+                for (si, de, _, me), i in by_key.items()
+                if (si, de, me) == (site, dev, "temperature")
+            ),
+        ]
+        found = next((c for c in candidates if c is not None), None)
+        if found is not None:
+            pair[x.index] = found
+    return pair

@@ -1,0 +1,214 @@
+"""Drift: a fast moving average of a series' level leaving a slow one, updated once per
+completed segment in reading time.
+
+The level is the segment's median, on a signal without the normal cycles: strain after
+the gauge's own thermal regression on its paired temperature; temperature and humidity
+against the other series of that measurement at the site (weather moves them all, a
+drifting sensor only itself), or, for a sensor alone at its site, averaged over a day so
+the daily cycle cancels; CO2 on the night floor only, which should sit near outdoor air.
+A reading is marked when the averages had parted by more than ``drift`` at the end of the
+segment before its own, so the flag of every reading depends only on earlier readings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from devices.registry import Series
+from ingest.anomaly.arrays import F64, I64, Bool
+from ingest.anomaly.params import DetectorParams
+
+if TYPE_CHECKING:
+    from ingest.anomaly.segments import SegmentEvents
+
+NO_TIME = np.iinfo(np.int64).min
+DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
+DRIFT_WARM_S = 12 * 3600.0  # drift is judged once a series has this much history
+ALONE_FAST_S = 86400.0  # a sensor without neighbours: a day, so the daily cycle cancels
+STEEL_UE_PER_K = 12.0
+_NIGHT_UTC_HOURS = (0, 4)  # 01:00-05:00 in Dortmund in winter: rooms empty, CO2 at floor
+_HOUR_NS = 3_600_000_000_000
+_THERMAL_MEMORY_S = 14 * 86400.0  # seasons change the range, not the coefficient
+_PRIOR_VAR_K2 = 25.0  # a few kelvin of spread at the steel coefficient
+
+
+class Drift:
+    def __init__(self, series: Sequence[Series], params: Sequence[DetectorParams], pair: I64):
+        n = len(series)
+        modes = [x.drift_mode for x in params]
+        self.threshold = np.array([x.drift for x in params])
+        self.strain = np.array([m == "strain" for m in modes]) & (pair >= 0)
+        self.night = np.array([m == "night" for m in modes])
+        groups = {
+            (s.key.site, s.key.measurement)
+            for s, m in zip(series, modes, strict=True)
+            if m == "site"
+        }
+        members: dict[tuple[str, str], int] = {}
+        for s in series:
+            g = (s.key.site, s.key.measurement)
+            members[g] = members.get(g, 0) + 1
+        site = np.array([m == "site" for m in modes])
+        alone = np.array(
+            [site[s.index] and members[(s.key.site, s.key.measurement)] < 2 for s in series],
+            dtype=bool,
+        )
+        self.site = site & ~alone
+        gid = {g: i for i, g in enumerate(sorted(groups))}
+        self.group = np.array(
+            [gid.get((s.key.site, s.key.measurement), -1) for s in series], dtype=np.int64
+        )
+        fast = np.array([x.drift_fast_s for x in params])
+        self.fast_s = np.where(alone, np.maximum(fast, ALONE_FAST_S), fast)
+        # State.
+        self.fast = np.full(n, np.nan)
+        self.slow = np.full(n, np.nan)
+        self.ts = np.full(n, NO_TIME, dtype=np.int64)  # last update
+        self.since = np.full(n, NO_TIME, dtype=np.int64)  # first update
+        self.on = np.zeros(n, dtype=bool)  # parted at the last update
+        self.level = np.full(n, np.nan)  # the last segment median (for the site's mean)
+        # Thermal regression of each strain gauge: exponentially weighted sums of T, e,
+        # T^2, T*e and the weight (e: strain).
+        self.reg = np.zeros((n, 5))
+
+    _STATE = ("fast", "slow", "ts", "since", "on", "level", "reg")
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k).copy() for k in self._STATE}
+
+    def restore(self, rows: I64, saved: dict[str, np.ndarray]) -> None:
+        for k in self._STATE:
+            if k in saved:
+                getattr(self, k)[rows] = saved[k]
+
+    def judge(
+        self,
+        ev: SegmentEvents,
+        t: I64,
+        temp: F64,
+        reset: Bool,
+        series_of: I64,
+        own: I64,
+        ref: I64,
+    ) -> Bool:
+        """Update the averages with the segments ``ev`` completed in this batch (in their
+        order: by series, then time) and return, per reading, whether it is marked.
+        ``own``/``ref``: per reading, the event of its own segment and of the one before
+        it (-1: incomplete, or ended in an earlier batch); ``reset``: readings marked as
+        a step or shift, after which the new level is the reference."""
+        n_ev = len(ev.series)
+        after = np.zeros(n_ev, dtype=bool)
+        if n_ev:
+            te = t[ev.end]
+            stepped = np.zeros(n_ev, dtype=bool)
+            stepped[own[reset & (own >= 0)]] = True
+            x = ev.median.copy()
+            site = self.site[ev.series]
+            if site.any():
+                x[site] = ev.median[site] - self._others(ev, te, site)
+            hour = (te // _HOUR_NS) % 24
+            night_ok = (hour >= _NIGHT_UTC_HOURS[0]) & (hour < _NIGHT_UTC_HOURS[1])
+            usable = np.isfinite(self.threshold[ev.series]) & (~self.night[ev.series] | night_ok)
+            tend = temp[ev.end]
+            kth = np.arange(n_ev) - np.maximum.accumulate(
+                np.where(np.r_[True, ev.series[1:] != ev.series[:-1]], np.arange(n_ev), 0)
+            )
+            for k in range(int(kth.max()) + 1):
+                e = np.flatnonzero(kth == k)
+                self._update(e, ev.series[e], te[e], x[e], tend[e], usable[e], stepped[e], after)
+        current = self.on[series_of]  # readings judged against a segment of an earlier batch
+        has_ref = ref >= 0
+        current[has_ref] = after[ref[has_ref]]
+        return current
+
+    def _update(
+        self,
+        e: I64,
+        rows: I64,
+        te: I64,
+        x: F64,
+        temp: F64,
+        usable: Bool,
+        stepped: Bool,
+        after: Bool,
+    ) -> None:
+        strain = self.strain[rows]
+        if strain.any():
+            sr = rows[strain]
+            known = np.isfinite(temp[strain])
+            b = self._slope(sr)
+            xs = x[strain]
+            # The segment median is of strain less 12 x temperature: add that back and
+            # take off what this gauge's own coefficient says.
+            x[strain] = np.where(known, xs + (STEEL_UE_PER_K - b) * temp[strain], np.nan)
+            self._learn(sr[known], temp[strain][known], (xs + STEEL_UE_PER_K * temp[strain])[known],
+                        te[strain][known])  # fmt: skip
+        ok = usable & np.isfinite(x)
+        r, xs, tt = rows[ok], x[ok], te[ok]
+        prev = self.ts[r]
+        new = prev == NO_TIME
+        dt = np.where(new, 0.0, np.maximum((tt - prev) / 1e9, 0.0))
+        a_fast = 1.0 - np.exp(-dt / self.fast_s[r])
+        a_slow = 1.0 - np.exp(-dt / DRIFT_SLOW_S)
+        fast = np.where(new | stepped[ok], xs, self.fast[r] + a_fast * (xs - self.fast[r]))
+        slow = np.where(new | stepped[ok], xs, self.slow[r] + a_slow * (xs - self.slow[r]))
+        self.fast[r], self.slow[r] = fast, slow
+        self.ts[r] = np.maximum(prev, tt)
+        self.since[r] = np.where(new, tt, self.since[r])
+        warm = (tt - self.since[r]) / 1e9 >= DRIFT_WARM_S
+        self.on[r] = warm & (np.abs(fast - slow) > self.threshold[r])
+        after[e] = self.on[rows]
+
+    def _others(self, ev: SegmentEvents, te: I64, site: Bool) -> F64:
+        """For site-mode segments: the mean of the latest levels of the other series of the
+        measurement at the site, as of the segment's end (NaN with none yet)."""
+        idx = np.flatnonzero(site)
+        s, m, tt = ev.series[idx], ev.median[idx], te[idx]
+        g = self.group[s]
+        order = np.lexsort((s, tt, g))
+        s, m, tt, g = s[order], m[order], tt[order], g[order]
+        # Each event replaces its series' level in the group's sum.
+        prev = np.full(len(s), np.nan)
+        by_series = np.lexsort((np.arange(len(s)), s))
+        same = np.r_[False, s[by_series][1:] == s[by_series][:-1]]
+        prev_sorted = np.where(same, np.r_[np.nan, m[by_series][:-1]], self.level[s[by_series]])
+        prev[by_series] = prev_sorted
+        known = np.isfinite(self.level) & (self.group >= 0)
+        n_groups = int(self.group.max()) + 1
+        sum0 = np.bincount(self.group[known], weights=self.level[known], minlength=n_groups)
+        cnt0 = np.bincount(self.group[known], minlength=n_groups).astype(np.float64)
+        delta = m - np.nan_to_num(prev)
+        grow = (~np.isfinite(prev)).astype(np.float64)
+        first = np.r_[True, g[1:] != g[:-1]]
+        seg = np.cumsum(first) - 1
+        csum = np.cumsum(delta)
+        ccnt = np.cumsum(grow)
+        start = np.flatnonzero(first)
+        total = sum0[g] + csum - (csum[start] - delta[start])[seg]
+        count = cnt0[g] + ccnt - (ccnt[start] - grow[start])[seg]
+        with np.errstate(all="ignore"):
+            others = np.where(count > 1, (total - m) / (count - 1), np.nan)
+        out = np.empty(len(idx))
+        out[order] = others
+        # The levels each series leaves off with.
+        last = by_series[np.r_[s[by_series][1:] != s[by_series][:-1], True]]
+        self.level[s[last]] = m[last]
+        return out
+
+    def _slope(self, rows: I64) -> F64:
+        sx, sy, sxx, sxy, w = self.reg[rows].T
+        with np.errstate(all="ignore"):
+            cov = sxy - sx * sy / w
+            var = sxx - sx * sx / w
+            slope = (cov + STEEL_UE_PER_K * _PRIOR_VAR_K2) / (var + _PRIOR_VAR_K2)
+        return np.where(w > 0, slope, STEEL_UE_PER_K)
+
+    def _learn(self, rows: I64, temp: F64, strain: F64, ts: I64) -> None:
+        prev = self.ts[rows]
+        dt = np.where(prev == NO_TIME, 0.0, np.maximum((ts - prev) / 1e9, 0.0))
+        keep = np.exp(-dt / _THERMAL_MEMORY_S)[:, None]
+        obs = np.stack([temp, strain, temp * temp, temp * strain, np.ones_like(temp)], axis=1)
+        self.reg[rows] = self.reg[rows] * keep + obs

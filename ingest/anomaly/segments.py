@@ -1,0 +1,181 @@
+"""Reference statistics per segment of a series' own sequence of readings.
+
+Each series' readings are cut into segments of ``width`` consecutive readings, counted
+over the series' whole life; a reading is judged against the median and MAD of the
+segment before its own. The statistics so depend only on the series' sequence of
+readings, never on how it was split into batches, and cost one median per segment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ingest.anomaly.arrays import F64, I64, segment_stats
+
+EPOCH_NS = 1_600_000_000 * 1_000_000_000  # keeps time / tau small in fading maxima
+_TAIL_TAU_S = 12 * 3600.0  # usual excursions: those of the last half day
+
+
+class SegmentEvents:
+    """Segments completed in a batch: series, the batch position (sorted order) of the
+    segment's last reading, and its median and robust sigma."""
+
+    __slots__ = ("end", "median", "series", "sigma")
+
+    def __init__(self, series: I64, end: I64, median: F64, sigma: F64) -> None:
+        self.series, self.end, self.median, self.sigma = series, end, median, sigma
+
+
+class Segments:
+    """Per reading: its z-score, the reference median and sigma behind it, the usual
+    excursion of the series then, the completed segment (in ``events``) it belongs to
+    (-1: its segment is still open), and the one it is judged against (-1: that segment
+    ended in an earlier batch)."""
+
+    __slots__ = ("events", "excursion", "own", "ref", "ref_med", "sigma", "z")
+
+    def __init__(
+        self,
+        z: F64,
+        sigma: F64,
+        ref_med: F64,
+        excursion: F64,
+        events: SegmentEvents,
+        own: I64,
+        ref: I64,
+    ) -> None:
+        self.z, self.sigma, self.ref_med, self.excursion = z, sigma, ref_med, excursion
+        self.events, self.own, self.ref = events, own, ref
+
+
+class SegmentTrack:
+    """The segment in progress of every series (its readings so far, in one flat buffer
+    with a ``width``-long slice per series) and the statistics of the segment before it."""
+
+    def __init__(self, width: I64, floor: F64) -> None:
+        n = len(width)
+        self.width = width
+        self.floor = floor
+        self.buf_off = np.cumsum(width) - width
+        self.buf = np.zeros(int(width.sum()))
+        self.fill = np.zeros(n, dtype=np.int64)
+        self.ref_med = np.full(n, np.nan)
+        self.ref_sig = np.full(n, np.nan)
+        # The largest recent excursions above and below the median, as log(size) + time /
+        # tau, so "the largest, fading with age" is a running maximum. Kept per side: a
+        # gauge under traffic bends one way, a faulty one spikes either way.
+        self.above_key = np.full(n, -np.inf)
+        self.below_key = np.full(n, -np.inf)
+
+    _STATE = ("fill", "ref_med", "ref_sig", "above_key", "below_key")
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {k: getattr(self, k).copy() for k in self._STATE}
+        return out | {"buf": self.buf.copy(), "buf_off": self.buf_off, "width": self.width}
+
+    def restore(self, mine: I64, theirs: I64, saved: dict[str, np.ndarray]) -> None:
+        for k in self._STATE:
+            getattr(self, k)[mine] = saved[k][theirs]
+        # A series whose segment width changed (a new interval) starts a new segment.
+        same = saved["width"][theirs] == self.width[mine]
+        self.fill[mine[~same]] = 0
+        for i, j in zip(mine[same].tolist(), theirs[same].tolist(), strict=True):
+            w = int(self.width[i])
+            a, b = int(self.buf_off[i]), int(saved["buf_off"][j])
+            self.buf[a : a + w] = saved["buf"][b : b + w]
+
+    def advance(self, s: I64, t: I64, values: F64) -> Segments:
+        """Judge ``values`` (sorted by series, then time) and take them into the state."""
+        n = len(s)
+        first = np.ones(n, dtype=bool)
+        first[1:] = s[1:] != s[:-1]
+        starts = np.flatnonzero(first)
+        sizes = np.diff(np.append(starts, n))
+        uniq = s[starts]
+        inverse = np.repeat(np.arange(len(uniq)), sizes)
+        rank = np.arange(n) - np.repeat(starts, sizes)
+        width = self.width[uniq]
+        fill = self.fill[uniq]
+        ext_len = fill + sizes
+        ext_off = np.cumsum(ext_len) - ext_len
+        ext = np.empty(int(ext_len.sum()))
+        held = int(fill.sum())
+        if held:
+            k = np.arange(held) - np.repeat(np.cumsum(fill) - fill, fill)
+            ext[np.repeat(ext_off, fill) + k] = self.buf[np.repeat(self.buf_off[uniq], fill) + k]
+        j = fill[inverse] + rank  # each reading's place in its series' sequence here
+        ext[ext_off[inverse] + j] = values
+        full = ext_len // width
+        base = np.cumsum(full) - full
+        rows = np.repeat(np.arange(len(uniq)), full)
+        kth = np.arange(int(full.sum())) - np.repeat(base, full)
+        med, mad, above, below = segment_stats(
+            ext, ext_off[rows] + kth * width[rows], width[rows]
+        )
+        sig = np.maximum(1.4826 * mad, self.floor[uniq[rows]])
+        # The reference: the segment before the reading's own, from this batch or the state.
+        seg = j // width[inverse]
+        idx = base[inverse] + seg - 1
+        own = seg > 0
+        ref_med = self.ref_med[uniq][inverse]
+        ref_sig = self.ref_sig[uniq][inverse]
+        ref_med[own] = med[idx[own]]
+        ref_sig[own] = sig[idx[own]]
+        with np.errstate(invalid="ignore"):
+            z = np.where(np.isfinite(ref_med), (values - ref_med) / ref_sig, 0.0)
+        # The state: the statistics of the last complete segment, and what is left over.
+        done = full > 0
+        last = base[done] + full[done] - 1
+        self.ref_med[uniq[done]] = med[last]
+        self.ref_sig[uniq[done]] = sig[last]
+        left = ext_len - full * width
+        kept = int(left.sum())
+        if kept:
+            k = np.arange(kept) - np.repeat(np.cumsum(left) - left, left)
+            src = np.repeat(ext_off + full * width, left) + k
+            self.buf[np.repeat(self.buf_off[uniq], left) + k] = ext[src]
+        self.fill[uniq] = left
+        # A completed segment ends at a reading of this batch (the buffer holds less than a
+        # segment): its position, in the sorted batch, is where drift reads its time.
+        end = starts[rows] + (kth + 1) * width[rows] - 1 - fill[rows]
+        ev_s = uniq[rows]
+        events = SegmentEvents(ev_s, end, med, sig)
+        # The usual excursions on the reading's side of its reference: the largest of a
+        # segment, the largest of recent segments counting, fading with age.
+        age = (t - EPOCH_NS) / 1e9 / _TAIL_TAU_S
+        excursion = np.empty(n)
+        up = values >= ref_med
+        for side, tail, keys in ((up, above, self.above_key), (~up, below, self.below_key)):
+            key = np.log(np.maximum(tail, 1e-300)) + age[end]
+            upto = np.maximum(running_max_before(ev_s, key, keys[ev_s]), key)
+            ref_key = keys[uniq][inverse]
+            ref_key[own] = upto[idx[own]]
+            excursion[side] = np.exp(ref_key[side] - age[side])
+            keys[uniq[done]] = upto[last]
+        mine = np.where(seg < full[inverse], base[inverse] + seg, -1)
+        sigma = np.where(np.isfinite(ref_sig), ref_sig, self.floor[uniq][inverse])
+        return Segments(z, sigma, ref_med, excursion, events, mine, np.where(own, idx, -1))
+
+
+def running_max_before(series: I64, key: F64, carry: F64) -> F64:
+    """For elements sorted by series: the maximum of ``carry`` (the series' state) and the
+    keys of the series' earlier elements."""
+    out = np.empty(len(key))
+    if len(key) == 0:
+        return out
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = series[1:] != series[:-1]
+    shifted = np.empty(len(key))
+    shifted[1:] = key[:-1]
+    shifted[first] = carry[first]
+    finite = np.isfinite(shifted)
+    if not finite.any():
+        return np.full(len(key), -np.inf)
+    # A running maximum that restarts per series: offset each series' values so that a
+    # later series always exceeds an earlier one, accumulate, and take the offset off.
+    seg = np.cumsum(first) - 1
+    lo = float(shifted[finite].min())
+    span = float(shifted[finite].max()) - lo + 1.0
+    filled = np.where(finite, shifted - lo, -0.5)
+    acc = np.maximum.accumulate(filled + seg * span) - seg * span
+    return np.where(acc < 0, -np.inf, acc + lo)
