@@ -54,15 +54,20 @@ def neighbours(pos: I64, first: Bool) -> Bool:
     return out & ~first[pos]
 
 
-def segment_stats(values: F64, row_start: I64, width: I64) -> tuple[F64, F64, F64, F64]:
-    """Median, MAD, and the largest deviation above and below the median of
-    ``values[row_start[i]:row_start[i] + width[i]]`` for every row. Rows are grouped by
-    width (a handful of distinct widths: one per sampling rate), so each group is one 2-D
-    partition."""
+SegmentStats = tuple[F64, F64, F64, F64, F64, F64]
+
+
+def segment_stats(values: F64, row_start: I64, width: I64) -> SegmentStats:
+    """For every row ``values[row_start[i]:row_start[i] + width[i]]``: median, MAD, the
+    largest deviation above and below the median, and median and MAD of the changes from
+    one reading to the next. Rows are grouped by width (a handful of distinct widths: one
+    per sampling rate), so each group is a few 2-D partitions."""
     med = np.empty(len(row_start))
     mad = np.empty(len(row_start))
     above = np.empty(len(row_start))
     below = np.empty(len(row_start))
+    step_med = np.empty(len(row_start))
+    step_mad = np.empty(len(row_start))
     for w in np.unique(width).tolist():
         sel = np.flatnonzero(width == w)
         block = values[row_start[sel][:, None] + np.arange(w)]
@@ -72,7 +77,11 @@ def segment_stats(values: F64, row_start: I64, width: I64) -> tuple[F64, F64, F6
         mad[sel] = np.median(np.abs(dev), axis=1)
         above[sel] = dev.max(axis=1)
         below[sel] = -dev.min(axis=1)
-    return med, mad, above, below
+        diff = np.diff(block, axis=1)
+        dm = np.median(diff, axis=1)
+        step_med[sel] = dm
+        step_mad[sel] = np.median(np.abs(diff - dm[:, None]), axis=1)
+    return med, mad, above, below, step_med, step_mad
 
 
 def time_keys(high: I64, t: I64, base: int, unit: int) -> I64:

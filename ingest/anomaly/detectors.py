@@ -55,6 +55,8 @@ _SHARED_NS = 10 * 1_000_000_000
 # A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
 # loads a gauge near a support far less than one at mid-span.
 _SHARED_Z = 3.0
+# A change from the reading before this many times spike_z sigmas of the usual changes.
+_ODD_CHANGE = 2.5
 # Flat runs: how fast the memory of the longest recent one fades, and how much history a
 # series needs before a flat run can count as stuck.
 _FLAT_TAU_S = 2 * 86400.0
@@ -118,6 +120,10 @@ class Detectors:
         self.max_rate = np.array([x.max_rate for x in p])
         self.gap_ns = np.array([x.gap_factor * i * 1e9 for x, i in zip(p, interval, strict=True)])
         self.pair = _temperature_pairs(series)
+        # Strain is judged after what its temperature explains (12 ue/K); inclination and
+        # crack width follow temperature too little to take it off reading by reading.
+        strain = np.array([x.key.measurement == "strain" for x in series], dtype=bool)
+        self.coef = np.where(strain & (self.pair >= 0), STEEL_UE_PER_K, 0.0)
         devices = {(x.key.site, x.key.device) for x in series}
         device_ids = {d: i for i, d in enumerate(sorted(devices))}
         device = np.array([device_ids[(x.key.site, x.key.device)] for x in series], dtype=np.int64)
@@ -130,7 +136,7 @@ class Detectors:
         # some gauge of a bridge moves every few seconds); an opened window moves all of a
         # room's sensors.
         self.group = np.where(bridge, len(device_ids) + site * len(measures) + measure, device)
-        self.drift = Drift(series, p, self.pair)
+        self.drift = Drift(series, p, self.pair, self.coef)
         self._lock = threading.Lock()
         # Strain is judged after what its temperature explains, and as it reads: a lasting
         # change must show in both, or a faulty thermometer would move the gauge.
@@ -145,6 +151,7 @@ class Detectors:
         self.abrupt = np.zeros(n, dtype=bool)  # did that run begin with a lone jump?
         self.onset_eff = np.zeros(n)  # ... to which level, by how much
         self.onset_jump = np.zeros(n)
+        self.odd = np.zeros(n, dtype=bool)  # did the last reading change oddly?
         self.dev_ts = np.full(n, NO_TIME, dtype=np.int64)  # last reading beyond _SHARED_Z
         # Longest recent flat runs as log(length) + time / tau, so "the longest, fading
         # with age" is a running maximum: of all runs, and of those not themselves stuck.
@@ -195,11 +202,11 @@ class Detectors:
 
         # Strain is judged after removing what its temperature explains.
         temp = self._paired_temperature(batch, s, t)
-        eff = np.where(np.isfinite(temp), v - STEEL_UE_PER_K * temp, v)
+        eff = np.where(np.isfinite(temp), v - rep(self.coef) * temp, v)
 
         seg = self.track.advance(s, t, eff)
         z, sigma = seg.z, seg.sigma
-        paired = np.flatnonzero(self.pair[s] >= 0)
+        paired = np.flatnonzero(self.coef[s] > 0)
         if len(paired):
             zr = self.raw.advance(s[paired], t[paired], v[paired]).z
             ze = z[paired]
@@ -230,17 +237,33 @@ class Detectors:
         jumped = jump[onset] > self.step_z[ds]
         # Moving is jumping from the reading before: a reading far from an old reference
         # (a room cooling through the night) has not moved with anything.
-        shared = self._shared(s, t, jump > _SHARED_Z, onset[~carried])
+        # While the level moves (CO2 through a lesson) its sigma is wide, but the change
+        # from one reading to the next stays regular: a change far beyond the usual ones,
+        # not following another such change (the way back), is a spike too.
+        with np.errstate(invalid="ignore"):
+            usual = np.where(np.isfinite(seg.change.sigma), seg.change.sigma, np.inf)
+            odd = (
+                np.abs(eff - prev_eff - seg.change.median) > _ODD_CHANGE * rep(self.spike_z) * usual
+            )
+        odd_before = np.empty(n, dtype=bool)
+        odd_before[1:] = odd[:-1]
+        odd_before[starts] = self.odd[uniq]
+        self.odd[uniq] = odd[lasts]
+        cand = np.flatnonzero(odd & ~odd_before & (rep(self.spike_tail) == 0))
+        asked = onset[~carried]
+        both = self._shared(s, t, jump > _SHARED_Z, np.concatenate([asked, cand]))
+        shared, shared_odd = both[: len(asked)], both[len(asked) :]
         shared_at = np.zeros(len(d), dtype=bool)
         shared_at[~carried] = shared
-        # A sensor's step is a jump to a new level that then holds; an opened window or a
-        # lorry keeps the reading moving after its first jump.
+        # A sensor's step is a jump to a new level that then holds; in an opened window the
+        # reading keeps moving after its first jump.
         level = np.where(carried, self.onset_eff[ds], eff[onset])
         size = np.where(carried, self.onset_jump[ds], np.abs(eff[onset] - prev_eff[onset]))
         moved = np.abs(eff[d] - level) > 0.5 * size
         moves = np.cumsum(moved)
         moves -= (moves - moved)[head]
-        lone_jump = np.where(carried, self.abrupt[ds], jumped & ~shared_at[head]) & (moves == 0)
+        # One reading off the new level (a lorry on top of it) does not undo a step.
+        lone_jump = np.where(carried, self.abrupt[ds], jumped & ~shared_at[head]) & (moves < 2)
         step = (dev_len >= self.step_need[ds]) & lone_jump
         shift = (dev_len >= self.shift_need[ds]) & (absz[d] > self.shift_z[ds]) & ~lone_jump
         # A spike jumps away from the reading before it, alone, beyond the series' usual
@@ -248,9 +271,10 @@ class Detectors:
         lone = (absz[d] > self.spike_z[ds]) & (dev_len == 1) & ~shared_at
         lone &= jump[d] > self.spike_z[ds]
         spike = lone & (np.abs(eff[d] - seg.ref_med[d]) > self.spike_tail[ds] * seg.excursion[d])
+        flags[d[spike]] |= AnomalyFlag.SPIKE
+        flags[cand[~shared_odd]] |= AnomalyFlag.SPIKE
         flags[d[step]] |= AnomalyFlag.STEP
         flags[d[shift]] |= AnomalyFlag.SHIFT
-        flags[d[spike]] |= AnomalyFlag.SPIKE
 
         same_len = self._stuck(s, t, v, first, starts, uniq, has_prev, prev_v, prev_t, flags)
 
@@ -405,7 +429,7 @@ class Detectors:
 
     _STATE = (
         "first_ts", "last_ts", "last_value", "last_eff", "same_run", "dev_run", "abrupt",
-        "onset_eff", "onset_jump", "dev_ts", "flat_all", "flat_ok",
+        "onset_eff", "onset_jump", "odd", "dev_ts", "flat_all", "flat_ok",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -443,12 +467,13 @@ class Detectors:
 
 
 def _temperature_pairs(series: Sequence[Series]) -> I64:
-    """For each strain gauge the temperature that compensates it: the same channel's,
-    else the device's own, else any of the device's; -1 for none or not strain."""
+    """For each strain gauge, inclinometer and crack gauge the temperature that explains
+    part of it: the same channel's, else the device's own, else any of the device's, else
+    any of the bridge's; -1 for none or another measurement."""
     by_key = {(x.key.site, x.key.device, x.key.channel, x.key.measurement): x.index for x in series}
     pair = np.full(len(series), -1, dtype=np.int64)
     for x in series:
-        if x.key.measurement != "strain":
+        if x.key.measurement not in ("strain", "inclination", "crack_width"):
             continue
         site, dev = x.key.site, x.key.device
         candidates = [
@@ -459,6 +484,7 @@ def _temperature_pairs(series: Sequence[Series]) -> I64:
                 for (si, de, _, me), i in by_key.items()
                 if (si, de, me) == (site, dev, "temperature")
             ),
+            *(i for (si, _, _, me), i in by_key.items() if (si, me) == (site, "temperature")),
         ]
         found = next((c for c in candidates if c is not None), None)
         if found is not None:

@@ -1,8 +1,9 @@
 """Drift: a fast moving average of a series' level leaving a slow one, updated once per
 completed segment in reading time.
 
-The level is the segment's median, on a signal without the normal cycles: strain after
-the gauge's own thermal regression on its paired temperature; temperature and humidity
+The level is the segment's median, on a signal without the normal cycles: strain,
+inclination and crack width after the gauge's own thermal regression on its paired
+temperature; temperature and humidity
 against the other series of that measurement at the site (weather moves them all, a
 drifting sensor only itself), or, for a sensor alone at its site, averaged over a day so
 the daily cycle cancels; CO2 on the night floor only, which should sit near outdoor air.
@@ -26,9 +27,8 @@ if TYPE_CHECKING:
 
 NO_TIME = np.iinfo(np.int64).min
 DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
-DRIFT_WARM_S = 12 * 3600.0  # drift is judged once a series has this much history
-ALONE_FAST_S = 86400.0  # a sensor without neighbours: a day, so the daily cycle cancels
-STEEL_UE_PER_K = 12.0
+DRIFT_WARM_S = 24 * 3600.0  # judged after a day: the thermal regression has seen a daily cycle
+ALONE_FAST_S = 12 * 3600.0  # a sensor without neighbours: the daily cycle mostly cancels
 _NIGHT_UTC_HOURS = (0, 4)  # 01:00-05:00 in Dortmund in winter: rooms empty, CO2 at floor
 _HOUR_NS = 3_600_000_000_000
 _THERMAL_MEMORY_S = 14 * 86400.0  # seasons change the range, not the coefficient
@@ -36,11 +36,16 @@ _PRIOR_VAR_K2 = 25.0  # a few kelvin of spread at the steel coefficient
 
 
 class Drift:
-    def __init__(self, series: Sequence[Series], params: Sequence[DetectorParams], pair: I64):
+    def __init__(
+        self, series: Sequence[Series], params: Sequence[DetectorParams], pair: I64, coef: F64
+    ) -> None:
         n = len(series)
         modes = [x.drift_mode for x in params]
         self.threshold = np.array([x.drift for x in params])
-        self.strain = np.array([m == "strain" for m in modes]) & (pair >= 0)
+        self.thermal = np.array([m == "thermal" for m in modes]) & (pair >= 0)
+        # The coefficient the segment medians were compensated with, which is also the
+        # regression's prior: 12 ue/K for strain, none for inclination and crack width.
+        self.coef = coef
         self.night = np.array([m == "night" for m in modes])
         groups = {
             (s.key.site, s.key.measurement)
@@ -135,30 +140,31 @@ class Drift:
         stepped: Bool,
         after: Bool,
     ) -> None:
-        strain = self.strain[rows]
-        if strain.any():
-            sr = rows[strain]
-            known = np.isfinite(temp[strain])
+        thermal = self.thermal[rows]
+        if thermal.any():
+            sr = rows[thermal]
+            tt = temp[thermal]
+            known = np.isfinite(tt)
             b = self._slope(sr)
-            xs = x[strain]
-            # The segment median is of strain less 12 x temperature: add that back and
-            # take off what this gauge's own coefficient says.
-            x[strain] = np.where(known, xs + (STEEL_UE_PER_K - b) * temp[strain], np.nan)
-            self._learn(sr[known], temp[strain][known], (xs + STEEL_UE_PER_K * temp[strain])[known],
-                        te[strain][known])  # fmt: skip
+            c = self.coef[sr]
+            xs = x[thermal]
+            # The segment median is of the reading less coef x temperature: add that back
+            # and take off what this gauge's own coefficient says.
+            x[thermal] = np.where(known, xs + (c - b) * tt, np.nan)
+            self._learn(sr[known], tt[known], (xs + c * tt)[known], te[thermal][known])
         ok = usable & np.isfinite(x)
-        r, xs, tt = rows[ok], x[ok], te[ok]
+        r, xo, to = rows[ok], x[ok], te[ok]
         prev = self.ts[r]
         new = prev == NO_TIME
-        dt = np.where(new, 0.0, np.maximum((tt - prev) / 1e9, 0.0))
+        dt = np.where(new, 0.0, np.maximum((to - prev) / 1e9, 0.0))
         a_fast = 1.0 - np.exp(-dt / self.fast_s[r])
         a_slow = 1.0 - np.exp(-dt / DRIFT_SLOW_S)
-        fast = np.where(new | stepped[ok], xs, self.fast[r] + a_fast * (xs - self.fast[r]))
-        slow = np.where(new | stepped[ok], xs, self.slow[r] + a_slow * (xs - self.slow[r]))
+        fast = np.where(new | stepped[ok], xo, self.fast[r] + a_fast * (xo - self.fast[r]))
+        slow = np.where(new | stepped[ok], xo, self.slow[r] + a_slow * (xo - self.slow[r]))
         self.fast[r], self.slow[r] = fast, slow
-        self.ts[r] = np.maximum(prev, tt)
-        self.since[r] = np.where(new, tt, self.since[r])
-        warm = (tt - self.since[r]) / 1e9 >= DRIFT_WARM_S
+        self.ts[r] = np.maximum(prev, to)
+        self.since[r] = np.where(new, to, self.since[r])
+        warm = (to - self.since[r]) / 1e9 >= DRIFT_WARM_S
         self.on[r] = warm & (np.abs(fast - slow) > self.threshold[r])
         after[e] = self.on[rows]
 
@@ -203,8 +209,8 @@ class Drift:
         with np.errstate(all="ignore"):
             cov = sxy - sx * sy / w
             var = sxx - sx * sx / w
-            slope = (cov + STEEL_UE_PER_K * _PRIOR_VAR_K2) / (var + _PRIOR_VAR_K2)
-        return np.where(w > 0, slope, STEEL_UE_PER_K)
+            slope = (cov + self.coef[rows] * _PRIOR_VAR_K2) / (var + _PRIOR_VAR_K2)
+        return np.where(w > 0, slope, self.coef[rows])
 
     def _learn(self, rows: I64, temp: F64, strain: F64, ts: I64) -> None:
         prev = self.ts[rows]

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-DriftMode = Literal["plain", "strain", "night", "site"]
+DriftMode = Literal["plain", "thermal", "night", "site"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +42,9 @@ class DetectorParams:
     # drift: a fast and a slow moving average part by more than this (inf: off)
     drift: float = np.inf
     drift_fast_s: float = 12 * 3600.0  # averages out the daily cycle
-    drift_mode: DriftMode = "plain"  # "strain": temperature-compensated; "night": CO2
+    # "thermal": after the series' own regression on its temperature; "night": the CO2
     # floor; "site": against the other series of the measurement at the site
+    drift_mode: DriftMode = "plain"
 
 
 # Defaults from DOMAIN.md. Strain: gauges resolve well under 1 microstrain; lorries add
@@ -64,15 +65,20 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         max_rate=2000.0,
         drift=15.0,
         drift_fast_s=2 * 3600.0,
-        drift_mode="strain",
+        drift_mode="thermal",
     ),
     # Weather moves all temperatures (and humidities) of a site together: a sensor is
     # compared with the others of its site; alone, with its own slow level.
     "temperature": DetectorParams(
         noise_floor=0.1, max_rate=0.5, drift=1.5, drift_fast_s=6 * 3600.0, drift_mode="site"
     ),
-    "inclination": DetectorParams(noise_floor=0.002, max_rate=0.5, drift=0.006),
-    "crack_width": DetectorParams(noise_floor=0.005, max_rate=0.5, drift=0.02),
+    # Both follow the temperature a little: drift is judged after their own regression.
+    "inclination": DetectorParams(
+        noise_floor=0.002, max_rate=0.5, drift=0.006, drift_fast_s=6 * 3600.0, drift_mode="thermal"
+    ),
+    "crack_width": DetectorParams(
+        noise_floor=0.005, max_rate=0.5, drift=0.02, drift_fast_s=6 * 3600.0, drift_mode="thermal"
+    ),
     # CO2 drift is judged on the night floor, which should sit near outdoor air (~400 ppm).
     "co2": DetectorParams(
         noise_floor=15.0, max_rate=100.0, drift=120.0, drift_fast_s=3600.0, drift_mode="night"
@@ -80,10 +86,23 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     "humidity": DetectorParams(
         noise_floor=0.5, max_rate=2.0, drift=3.0, drift_fast_s=3 * 3600.0, drift_mode="site"
     ),
-    "pm2_5": DetectorParams(noise_floor=2.0, stuck_samples=30, max_rate=50.0, drift=8.0),
-    "pm10": DetectorParams(noise_floor=3.0, stuck_samples=30, max_rate=50.0, drift=12.0),
+    "pm2_5": DetectorParams(
+        noise_floor=2.0, stuck_samples=30, max_rate=50.0, drift=8.0, drift_fast_s=6 * 3600.0
+    ),
+    "pm10": DetectorParams(
+        noise_floor=3.0, stuck_samples=30, max_rate=50.0, drift=12.0, drift_fast_s=6 * 3600.0
+    ),
     # A classroom's sound level jumps by nature (a lesson starts: 35 to 65 dB): no step,
-    # and a spike must stand more than 36 dB out.
-    "noise": DetectorParams(noise_floor=3.0, spike_z=12.0, step_z=12.0, step_samples=1 << 30),
+    # and a spike must stand more than 36 dB out. Its drift is judged on the empty room at
+    # night, whose background level (about 35 dB(A)) should not move.
+    "noise": DetectorParams(
+        noise_floor=3.0,
+        spike_z=12.0,
+        step_z=12.0,
+        step_samples=1 << 30,
+        drift=6.0,
+        drift_fast_s=3600.0,
+        drift_mode="night",
+    ),
     "light": DetectorParams(noise_floor=5.0, stuck_samples=0, max_rate=np.inf),
 }

@@ -32,7 +32,7 @@ class Segments:
     (-1: its segment is still open), and the one it is judged against (-1: that segment
     ended in an earlier batch)."""
 
-    __slots__ = ("events", "excursion", "own", "ref", "ref_med", "sigma", "z")
+    __slots__ = ("change", "events", "excursion", "own", "ref", "ref_med", "sigma", "z")
 
     def __init__(
         self,
@@ -40,12 +40,23 @@ class Segments:
         sigma: F64,
         ref_med: F64,
         excursion: F64,
+        change: Change,
         events: SegmentEvents,
         own: I64,
         ref: I64,
     ) -> None:
         self.z, self.sigma, self.ref_med, self.excursion = z, sigma, ref_med, excursion
-        self.events, self.own, self.ref = events, own, ref
+        self.change, self.events, self.own, self.ref = change, events, own, ref
+
+
+class Change:
+    """Per reading: the usual change from one reading to the next (median, robust sigma)
+    in its reference segment; NaN before the first."""
+
+    __slots__ = ("median", "sigma")
+
+    def __init__(self, median: F64, sigma: F64) -> None:
+        self.median, self.sigma = median, sigma
 
 
 class SegmentTrack:
@@ -61,13 +72,15 @@ class SegmentTrack:
         self.fill = np.zeros(n, dtype=np.int64)
         self.ref_med = np.full(n, np.nan)
         self.ref_sig = np.full(n, np.nan)
+        self.ref_step = np.full(n, np.nan)  # median and sigma of reading-to-reading change
+        self.ref_step_sig = np.full(n, np.nan)
         # The largest recent excursions above and below the median, as log(size) + time /
         # tau, so "the largest, fading with age" is a running maximum. Kept per side: a
         # gauge under traffic bends one way, a faulty one spikes either way.
         self.above_key = np.full(n, -np.inf)
         self.below_key = np.full(n, -np.inf)
 
-    _STATE = ("fill", "ref_med", "ref_sig", "above_key", "below_key")
+    _STATE = ("fill", "ref_med", "ref_sig", "ref_step", "ref_step_sig", "above_key", "below_key")
 
     def state(self) -> dict[str, np.ndarray]:
         out = {k: getattr(self, k).copy() for k in self._STATE}
@@ -109,10 +122,11 @@ class SegmentTrack:
         base = np.cumsum(full) - full
         rows = np.repeat(np.arange(len(uniq)), full)
         kth = np.arange(int(full.sum())) - np.repeat(base, full)
-        med, mad, above, below = segment_stats(
+        med, mad, above, below, dmed, dmad = segment_stats(
             ext, ext_off[rows] + kth * width[rows], width[rows]
         )
         sig = np.maximum(1.4826 * mad, self.floor[uniq[rows]])
+        dsig = np.maximum(1.4826 * dmad, self.floor[uniq[rows]])
         # The reference: the segment before the reading's own, from this batch or the state.
         seg = j // width[inverse]
         idx = base[inverse] + seg - 1
@@ -121,6 +135,10 @@ class SegmentTrack:
         ref_sig = self.ref_sig[uniq][inverse]
         ref_med[own] = med[idx[own]]
         ref_sig[own] = sig[idx[own]]
+        ref_step = self.ref_step[uniq][inverse]
+        ref_step_sig = self.ref_step_sig[uniq][inverse]
+        ref_step[own] = dmed[idx[own]]
+        ref_step_sig[own] = dsig[idx[own]]
         with np.errstate(invalid="ignore"):
             z = np.where(np.isfinite(ref_med), (values - ref_med) / ref_sig, 0.0)
         # The state: the statistics of the last complete segment, and what is left over.
@@ -128,6 +146,8 @@ class SegmentTrack:
         last = base[done] + full[done] - 1
         self.ref_med[uniq[done]] = med[last]
         self.ref_sig[uniq[done]] = sig[last]
+        self.ref_step[uniq[done]] = dmed[last]
+        self.ref_step_sig[uniq[done]] = dsig[last]
         left = ext_len - full * width
         kept = int(left.sum())
         if kept:
@@ -154,7 +174,8 @@ class SegmentTrack:
             keys[uniq[done]] = upto[last]
         mine = np.where(seg < full[inverse], base[inverse] + seg, -1)
         sigma = np.where(np.isfinite(ref_sig), ref_sig, self.floor[uniq][inverse])
-        return Segments(z, sigma, ref_med, excursion, events, mine, np.where(own, idx, -1))
+        change = Change(ref_step, ref_step_sig)
+        return Segments(z, sigma, ref_med, excursion, change, events, mine, np.where(own, idx, -1))
 
 
 def running_max_before(series: I64, key: F64, carry: F64) -> F64:
