@@ -175,6 +175,13 @@ class AlertsConfig(_Strict):
     # wait until it has kept one state for a whole window.
     flap_window: Duration = timedelta(hours=1)
     flap_max: int = Field(default=4, ge=2)
+    # A transition whose reading lies more than backlog_after behind the wall clock belongs
+    # to a backlog (data delayed by an outage, drained later): it is recorded at its reading
+    # time, but told only once the backlog of its series is over, as one summary and one
+    # firing at most. The backlog is over when a reading of the series arrives less than
+    # backlog_after late, or when none has arrived for backlog_after. Above the lag of
+    # normal delivery (a gateway's upload interval), below the wait people tolerate.
+    backlog_after: Duration = timedelta(minutes=5)
     tick: Duration = timedelta(seconds=5)
     digest_at: time | None = time(7, 0)
     timezone: str = "Europe/Berlin"

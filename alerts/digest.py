@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from alerts.incidents import INCIDENT
 from alerts.state import AlertStore
 from devices.registry import Registry
 from ingest.stores.base import ReadingQuery, StoredReading
@@ -88,9 +89,12 @@ def site_digest(
                     )
         closest.sort(key=lambda g: -float(g["share_of_limit"]))
         out["closest_to_limit"] = closest[:top]
+    # Counted by rule: an incident's firing is already counted as its members' firings.
     fired: dict[str, int] = defaultdict(int)
     for h in alerts.history(limit=100_000):
         parts = h.alert_id.split("/")
+        if parts[0] == INCIDENT:
+            continue
         if h.event == "firing" and len(parts) > 1 and parts[1] == site and start <= h.at < end:
             fired[parts[0]] += 1
     out["alerts_fired"] = dict(sorted(fired.items()))

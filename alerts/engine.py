@@ -2,9 +2,13 @@
 pending -> firing -> resolved, acknowledgements, silences, repeats and flap damping.
 
 Conditions are judged in reading time (the device's clock), so a backlog drained after an
-outage fires and resolves as the readings say, not as they arrive. Notifications are
-decided in wall time and handed to a sink (the dispatcher), which delivers them per channel
-without blocking the committer thread that calls ``batch_committed``.
+outage fires and resolves as the readings say, not as they arrive: ``for``, ``clear_for``,
+flap counting and the history all use the reading time of the readings that caused each
+transition. Each rule keeps a track per series; the tracks of a series are grouped into
+one incident (``alerts.incidents``), and only incidents, device silence and pipeline
+alerts are told to the channels (``alerts.notifier``: silences, flapping, backlogs,
+repeats). Notifications are handed to a sink (the dispatcher), which delivers them per
+channel without blocking the committer thread that calls ``batch_committed``.
 """
 
 from __future__ import annotations
@@ -13,44 +17,26 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from alerts.config import AlertsConfig
-from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
+from alerts.incidents import INCIDENT, Incidents, MemberChange, at
+from alerts.model import Alert, AlertKey, Event, Notification, State
+from alerts.notifier import NotificationSink, Notifier, ns
 from alerts.rules import LevelRule, Rule, compile_rules
 from alerts.state import AlertStore, Stored
+from alerts.watch import RULES as WATCHED
+from alerts.watch import PipelineHealth, Watch
 from devices.registry import Device, Registry, Series
 from ingest.batch import ReadingBatch
 
 log = logging.getLogger(__name__)
 
-SILENT = "device-silent"
-QUARANTINE = "quarantine-rate"
-JOURNAL = "journal-depth"
-BROKER = "broker-down"
-STORE = "store-failing"
-
-
-class NotificationSink(Protocol):
-    def submit(self, notification: Notification) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineHealth:
-    quarantined_total: int  # messages quarantined since the service started
-    journal_depth: int
-    broker_connected: bool
-    committed_total: int = 0  # messages durably committed since the service started
-    commit_failures_total: int = 0  # durable commits that failed (and were retried)
-
-
-def _at(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
+__all__ = ["AlertEngine", "NotificationSink", "PipelineHealth"]
 
 
 def _fmt(value: float | None) -> str:
@@ -78,6 +64,7 @@ class AlertEngine:
         self.prefix = topic_prefix
         self.health = health
         self.clock = clock
+        self.notifier = Notifier(config, store, sink, topic_prefix)
         self.rules: list[Rule] = compile_rules(registry, config)
         self._lock = threading.RLock()
         devices = list(registry.devices())
@@ -88,28 +75,27 @@ class AlertEngine:
             dtype=np.int64,
         )
         self._by_key = {(s.key.site, s.key.device, s.key.name): s.index for s in registry.series}
-        now = clock()
-        # Devices count as seen at start: a restart must not page for every device at once.
-        self._seen = [now] * len(devices)
-        self._quarantine_marks: list[tuple[datetime, int]] = []
-        self._broker_down_since: datetime | None = None
-        self._last_commits: tuple[int, int] | None = None  # (committed, failures)
-        # One track per (rule, series), plus device and pipeline alerts by key.
+        # One track per (rule, series), grouped into one incident per series; device and
+        # pipeline alerts are watched apart.
         self._tracks: dict[tuple[str, int], Stored] = {}
-        self._other: dict[AlertKey, Stored] = {}
+        self.incidents = Incidents(registry)
+        self.watch = Watch(devices, config, store, self.notifier, health, clock())
         self._rule_names = {r.name for r in self.rules}
-        for st in store.alerts():
+        for st in store.alerts((State.PENDING, State.FIRING, State.RESOLVED)):
             self._adopt(st)
+        self._regroup()
 
     def _adopt(self, st: Stored) -> None:
         """Take over an alert from the store after a restart."""
         k = st.alert.key
         index = self._by_key.get((k.site, k.device, k.channel))
-        if k.rule in self._rule_names and index is not None:
+        if k.rule == INCIDENT and index is not None:
+            self.incidents.adopt(index, st)
+        elif k.rule in self._rule_names and index is not None:
             self._tracks[(k.rule, index)] = st
-        elif k.rule in (SILENT, QUARANTINE, JOURNAL, BROKER, STORE):
-            self._other[k] = st
-        else:
+        elif k.rule in WATCHED:
+            self.watch.adopt(st)
+        elif st.alert.state != State.RESOLVED:
             log.info("alert %s no longer matches a rule or series; resolving it", k.id)
             st.alert.state = State.RESOLVED
             st.alert.resolved_at = self.clock()
@@ -117,30 +103,63 @@ class AlertEngine:
                 st, "resolved", "rule or series removed from the settings", self.clock()
             )
 
+    def _regroup(self) -> None:
+        """Firing tracks that no incident knows of (a state file from before incidents, or
+        a rule whose incident row was pruned) join their series' incident now."""
+        for (name, index), st in self._tracks.items():
+            inc = self.incidents.get(index)
+            known = inc is not None and name in inc.engine.get("members", {})
+            if st.alert.state == State.FIRING and not known:
+                rule = next(r for r in self.rules if r.name == name)
+                fired = st.alert.fired_at or self.clock()
+                self._changed([self._change(rule, index, st, ns(fired), fired=True)], self.clock())
+
     # -- queries and commands -------------------------------------------------------------
 
     def active(self) -> list[Alert]:
+        """Firing incidents, device and pipeline alerts, and pending tracks of series
+        without a firing incident (a condition waiting for its rule's duration)."""
         with self._lock:
+            shown = [st for st in self.incidents if st.alert.state == State.FIRING]
+            shown += [st for st in self.watch if st.alert.state != State.RESOLVED]
+            for (_, index), st in self._tracks.items():
+                inc = self.incidents.get(index)
+                if st.alert.state == State.PENDING and (
+                    inc is None or inc.alert.state != State.FIRING
+                ):
+                    shown.append(st)
             out = [
-                replace(st.alert, labels=dict(st.alert.labels))
-                for st in self._all()
-                if st.alert.state in (State.PENDING, State.FIRING)
-            ]
+                replace(st.alert, labels=dict(st.alert.labels),
+                        annotations=dict(st.alert.annotations))
+                for st in shown
+            ]  # fmt: skip
         return sorted(out, key=lambda a: a.id)
 
     def acknowledge(self, alert_id: str, by: str) -> bool:
+        """Acknowledge an alert; the id of a member rule (``alarm/s1/room-1/co2``)
+        acknowledges its firing incident."""
         now = self.clock()
         with self._lock:
-            if not self.store.acknowledge(alert_id, by, now):
+            target = self._incident_of(alert_id) or alert_id
+            if not self.store.acknowledge(target, by, now):
                 return False
             for st in self._all():
-                if st.alert.id == alert_id:
+                if st.alert.id == target:
                     st.alert.acked_by, st.alert.acked_at = by, now
             return True
 
+    def _incident_of(self, alert_id: str) -> str | None:
+        for (_, index), st in self._tracks.items():
+            if st.alert.id == alert_id:
+                inc = self.incidents.get(index)
+                if inc is not None and inc.alert.state == State.FIRING:
+                    return inc.alert.id
+        return None
+
     def _all(self) -> Iterator[Stored]:
         yield from self._tracks.values()
-        yield from self._other.values()
+        yield from self.incidents
+        yield from self.watch
 
     # -- batches --------------------------------------------------------------------------
 
@@ -150,18 +169,60 @@ class AlertEngine:
         now = self.clock()
         with self._lock:
             for d in np.unique(self._device_of[batch.series]).tolist():
-                self._seen[d] = now
-                st = self._other.get(AlertKey(SILENT, self._devices[d].site, self._devices[d].id))
-                if st is not None and st.alert.state == State.FIRING:
-                    self._resolve(st, now, now, None, "data arrived again")
+                self.watch.seen(d, now)
             s = batch.series.astype(np.int64)
+            changes: list[MemberChange] = []
             for rule in self.rules:
                 on, clear = (
                     rule.judge(s, batch.values)
                     if isinstance(rule, LevelRule)
                     else rule.judge(batch.flags)
                 )
-                self._judge(rule, s, batch.ts_ns, batch.values, on, clear, now)
+                self._judge(rule, s, batch.ts_ns, batch.values, on, clear, now, changes)
+            # The rules' transitions in reading time, per series, an instant at a time.
+            changes.sort(key=lambda c: (c.series, c.t_ns))
+            for _, same in itertools.groupby(changes, key=lambda c: (c.series, c.t_ns)):
+                self._changed(list(same), now)
+            self._backlog_progress(s, batch.ts_ns, now)
+
+    def _backlog_progress(self, s: np.ndarray, ts: np.ndarray, now: datetime) -> None:
+        """A series whose newest reading in the batch is on time ends its backlog; one
+        still behind keeps it open."""
+        waiting = {
+            i: st
+            for i in np.unique(s).tolist()
+            if (st := self.incidents.get(i)) is not None and self.notifier.in_backlog(st)
+        }
+        if not waiting:
+            return
+        keys = np.array(sorted(waiting), dtype=np.int64)
+        sel = np.isin(s, keys)
+        newest = np.full(len(keys), np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(newest, np.searchsorted(keys, s[sel]), ts[sel])
+        for index, t_ns in zip(keys.tolist(), newest.tolist(), strict=True):
+            st = waiting[index]
+            if self.notifier.is_backlog(t_ns, now):
+                self.notifier.backlog_seen(st, now)
+            elif self.notifier.flush(st, now):
+                self.store.save(st, "notified", "backlog over: data on time again", now)
+
+    def _changed(self, changes: list[MemberChange], now: datetime) -> None:
+        st, moved = self.incidents.apply(changes)
+        if moved is None:
+            return
+        a, when = st.alert, at(moved.t_ns)
+        backlog = self.notifier.is_backlog(moved.t_ns, now)
+        what = f"{a.all_labels()['alertname']} {a.severity}, value {_fmt(a.value)}"
+        if moved.before is None:
+            self.notifier.fired(st, moved.t_ns, now, backlog=backlog)
+            self.store.save(st, "firing", what, when)
+        elif moved.after is None:
+            self.notifier.resolved(st, moved.t_ns, now, backlog=backlog)
+            self.store.save(st, "resolved", f"value {_fmt(a.value)}", when)
+        else:
+            self.notifier.changed(st, now, backlog=backlog)
+            event = "escalated" if moved.escalated else "de-escalated"
+            self.store.save(st, event, what, when, clear_ack=moved.escalated)
 
     def _judge(
         self,
@@ -172,6 +233,7 @@ class AlertEngine:
         on: np.ndarray,
         clear: np.ndarray,
         now: datetime,
+        changes: list[MemberChange],
     ) -> None:
         tracked = [k for (name, k), st in self._tracks.items() if name == rule.name and (
             st.alert.state != State.RESOLVED)]  # fmt: skip
@@ -190,7 +252,7 @@ class AlertEngine:
         cut = np.flatnonzero((ss[1:] != ss[:-1]) | (code[1:] != code[:-1])) + 1
         bounds = np.concatenate(([0], cut, [len(sel)])).tolist()
         for lo, hi in itertools.pairwise(bounds):
-            self._run(rule, int(ss[lo]), tt[lo:hi], vv[lo:hi], bool(oo[lo]), bool(cc[lo]), now)
+            self._run(rule, int(ss[lo]), tt[lo:hi], vv[lo:hi], bool(oo[lo]), bool(cc[lo]), changes)
 
     def _track(self, rule: Rule, index: int) -> Stored:
         st = self._tracks.get((rule.name, index))
@@ -205,6 +267,7 @@ class AlertEngine:
         if isinstance(rule, LevelRule):
             threshold = float(rule.on[s.index])
         place = f"{s.key.site}/{s.key.device}/{s.key.name}"
+        incident = AlertKey(INCIDENT, s.key.site, s.key.device, s.key.name).id
         return Alert(
             key=AlertKey(rule.name, s.key.site, s.key.device, s.key.name),
             severity=rule.severity,
@@ -213,8 +276,19 @@ class AlertEngine:
             summary=f"{place}: {s.key.measurement} {rule.summary}",
             threshold=threshold,
             unit=s.unit,
-            labels={"measurement": s.key.measurement},
+            # A member is told through its incident; the label says which, and lets
+            # ``stadtpuls alerts list`` show incidents rather than their members.
+            labels={"measurement": s.key.measurement, "incident": incident},
         )
+
+    def _change(
+        self, rule: Rule, index: int, st: Stored, t_ns: int, *, fired: bool
+    ) -> MemberChange:
+        a = st.alert
+        return MemberChange(
+            t_ns, index, rule.name, rule.severity, isinstance(rule, LevelRule), fired,
+            a.value, a.summary, a.threshold,
+        )  # fmt: skip
 
     def _run(
         self,
@@ -224,26 +298,32 @@ class AlertEngine:
         v: npt.NDArray[np.float64],
         on: bool,
         clear: bool,
-        now: datetime,
+        changes: list[MemberChange],
     ) -> None:
         """A run of one series' consecutive readings (in time order) that are all on, all
         clear or all in between: the decisions of stepping through them one by one, with
-        the moment a duration is reached found by searchsorted."""
+        the moment a duration is reached found by searchsorted. Each transition is saved
+        at the reading time that caused it; firing and resolving are also handed to the
+        series' incident through ``changes``."""
         st = self._track(rule, index)
         a, e = st.alert, st.engine
         for_ns = rule.for_ns if isinstance(rule, LevelRule) else 0
         if on:
             if a.state == State.RESOLVED:
-                a.state, a.since, a.value = State.PENDING, _at(int(t[0])), float(v[0])
+                a.state, a.since, a.value = State.PENDING, at(int(t[0])), float(v[0])
                 e["since_ns"] = int(t[0])
                 e.pop("clear_since_ns", None)
                 if for_ns > 0:
-                    self.store.save(st, "pending", f"value {_fmt(float(v[0]))}", now)
+                    self.store.save(st, "pending", f"value {_fmt(float(v[0]))}", at(int(t[0])))
             if a.state == State.PENDING:
                 k = int(np.searchsorted(t, e["since_ns"] + for_ns, side="left"))
                 if k == len(t):
                     return  # not yet for long enough
-                self._fire(st, int(t[k]), float(v[k]), now)
+                a.state, a.fired_at, a.resolved_at = State.FIRING, at(int(t[k])), None
+                a.value = float(v[k])
+                a.acked_by = a.acked_at = None
+                changes.append(self._change(rule, index, st, int(t[k]), fired=True))
+                self.store.save(st, "firing", f"value {_fmt(a.value)}", at(int(t[k])))
             # Firing: beyond the threshold again, so any wait for the clear level restarts.
             e.pop("clear_since_ns", None)
             a.value = float(v[-1])
@@ -252,7 +332,7 @@ class AlertEngine:
             return
         if a.state == State.PENDING:
             a.state = State.RESOLVED
-            self.store.save(st, "cancelled", "condition ended before its duration", now)
+            self.store.save(st, "cancelled", "condition ended before its duration", at(int(t[0])))
             return
         # Firing: it resolves once it has stayed on the safe side of the clear level for
         # clear_for; a reading beyond the clear level starts that wait again.
@@ -262,189 +342,42 @@ class AlertEngine:
         e.setdefault("clear_since_ns", int(t[0]))
         k = int(np.searchsorted(t, e["clear_since_ns"] + rule.clear_for_ns, side="left"))
         if k < len(t):
-            value = float(v[k])
-            self._resolve(st, now, _at(int(t[k])), value, f"value {_fmt(value)}")
-
-    def _fire(self, st: Stored, t_ns: int | None, value: float | None, now: datetime) -> None:
-        a, e = st.alert, st.engine
-        a.state = State.FIRING
-        a.fired_at = now if t_ns is None else _at(t_ns)
-        a.resolved_at = None
-        a.value = value
-        a.acked_by = a.acked_at = None
-        e.pop("clear_since_ns", None)
-        window = self.config.flap_window
-        fires = [f for f in e.get("fires", []) if now - datetime.fromisoformat(f) < window]
-        fires.append(now.isoformat())
-        e["fires"] = fires
-        if len(fires) >= self.config.flap_max and not e.get("flapping"):
-            e["flapping"] = True
-            self.store.record(a.id, "flapping", f"fired {len(fires)} times within {window}", now)
-        self._notify(st, Event.FIRING, now)
-        self.store.save(st, "firing", f"value {_fmt(value)}", now)
-
-    def _resolve(
-        self, st: Stored, now: datetime, at: datetime, value: float | None, detail: str
-    ) -> None:
-        a = st.alert
-        a.state = State.RESOLVED
-        a.resolved_at = at
-        if value is not None:
-            a.value = value
-        if st.engine.get("notified") == "firing":
-            self._notify(st, Event.RESOLVED, now)
-        self.store.save(st, "resolved", detail, now)
-
-    def _notify(self, st: Stored, event: Event, now: datetime) -> None:
-        """Hand a notification to the sink unless a silence or flapping holds it back;
-        ``notified`` remembers what the channels were last told."""
-        a = st.alert
-        labels = a.all_labels()
-        silences = [s for s in self.store.silences(now) if s.matches(labels)]
-        if silences:
-            self.store.record(a.id, "suppressed", f"{event}: silence {silences[0].id}", now)
-            return
-        if st.engine.get("flapping"):
-            self.store.record(a.id, "suppressed", f"{event}: flapping", now)
-            return
-        snapshot = replace(a, labels=dict(a.labels))
-        self.sink.submit(Notification(event, now, self.prefix, alert=snapshot))
-        st.engine["notified"] = "resolved" if event == Event.RESOLVED else "firing"
-        st.engine["notified_at"] = now.isoformat()
+            a.state, a.resolved_at, a.value = State.RESOLVED, at(int(t[k])), float(v[k])
+            changes.append(self._change(rule, index, st, int(t[k]), fired=False))
+            self.store.save(st, "resolved", f"value {_fmt(a.value)}", at(int(t[k])))
 
     # -- the scheduler's tick -------------------------------------------------------------
 
     def tick(self) -> None:
-        """Device silence, pipeline health, acknowledgements made elsewhere, repeats, and
-        notifications held back by a silence or flapping that has since ended."""
+        """Device silence, pipeline health, acknowledgements made elsewhere, backlogs that
+        went quiet, repeats, and notifications held back by a silence or flapping that has
+        since ended."""
         now = self.clock()
         with self._lock:
-            acks = self.store.acks()
-            for st in self._all():
-                if st.alert.state == State.FIRING and st.alert.id in acks:
-                    st.alert.acked_by, st.alert.acked_at = acks[st.alert.id]
-            if self.config.silence.enabled:
-                self._silence(now)
-            if self.health is not None:
-                self._health(now)
-            for st in list(self._all()):
-                self._reconcile(st, now)
+            self._sync_acks()
+            self.watch.tick(now)
+            for st in self.incidents:
+                if self.notifier.backlog_quiet(st, now) and self.notifier.flush(st, now):
+                    self.store.save(st, "notified", "backlog over: quiet for a while", now)
+            for st in [*self.incidents, *self.watch]:
+                self.notifier.reconcile(st, now)
 
-    def _reconcile(self, st: Stored, now: datetime) -> None:
-        a, e = st.alert, st.engine
-        if e.get("flapping"):
-            last = max(datetime.fromisoformat(f) for f in e.get("fires", [now.isoformat()]))
-            if now - last < self.config.flap_window:
-                return
-            e["flapping"] = False
-            self.store.save(st, "stable", "no longer flapping", now)
-        notified = e.get("notified")
-        if a.state == State.FIRING:
-            if notified != "firing":
-                self._notify(st, Event.FIRING, now)  # held back until now
-                self.store.save(st, "notified", "firing, after a silence or flapping", now)
-            elif a.acked_by is None:
-                at = datetime.fromisoformat(e["notified_at"])
-                if now - at >= self.config.repeat_interval:
-                    self._notify(st, Event.REPEAT, now)
-                    self.store.save(st, "repeat", f"unacknowledged since {a.fired_at}", now)
-        elif a.state == State.RESOLVED and notified == "firing":
-            self._notify(st, Event.RESOLVED, now)
-            if e.get("notified") == "resolved":
-                self.store.save(st, "notified", "resolved, after a silence or flapping", now)
+    def _sync_acks(self) -> None:
+        """Acknowledgements written to the shared file (the command line): of an incident,
+        or of one of its members, which stands for the incident."""
+        acks = self.store.acks()
+        for st in [*self.incidents, *self.watch]:
+            if st.alert.state == State.FIRING and st.alert.id in acks:
+                st.alert.acked_by, st.alert.acked_at = acks[st.alert.id]
+        for (_, index), st in self._tracks.items():
+            inc = self.incidents.get(index)
+            if st.alert.id in acks and inc is not None and inc.alert.state == State.FIRING:
+                st.alert.acked_by, st.alert.acked_at = acks[st.alert.id]
+                if inc.alert.acked_by is None:
+                    inc.alert.acked_by, inc.alert.acked_at = acks[st.alert.id]
 
     def silence_window(self, device: Device) -> timedelta:
-        cfg = self.config.silence
-        own = cfg.devices.get(f"{device.site}/{device.id}")
-        if own is not None:
-            return own
-        return max(device.interval * cfg.factor, cfg.minimum)
-
-    def _silence(self, now: datetime) -> None:
-        for i, dev in enumerate(self._devices):
-            key = AlertKey(SILENT, dev.site, dev.id)
-            st = self._other.get(key)
-            window = self.silence_window(dev)
-            quiet = now - self._seen[i]
-            if quiet > window and (st is None or st.alert.state != State.FIRING):
-                st = st or Stored(
-                    Alert(
-                        key=key,
-                        severity=self.config.silence.severity,
-                        kind=dev.kind,
-                        state=State.RESOLVED,
-                        summary=f"{dev.site}/{dev.id}: no data for more than {window}",
-                        unit="s",
-                    )
-                )
-                self._other[key] = st
-                st.alert.threshold = window.total_seconds()
-                self._fire(st, None, quiet.total_seconds(), now)
-                st.alert.fired_at = self._seen[i] + window
-                st.alert.since = self._seen[i]
-
-    def _pipeline_alert(self, rule: str, severity: Severity, summary: str) -> Stored:
-        key = AlertKey(rule)
-        st = self._other.get(key)
-        if st is None:
-            st = Stored(
-                Alert(key=key, severity=severity, kind="pipeline", state=State.RESOLVED,
-                      summary=summary)
-            )  # fmt: skip
-            self._other[key] = st
-        return st
-
-    def _level(self, st: Stored, firing: bool, clear: bool, value: float, now: datetime) -> None:
-        if firing and st.alert.state != State.FIRING:
-            self._fire(st, None, value, now)
-        elif clear and st.alert.state == State.FIRING:
-            self._resolve(st, now, now, value, f"value {_fmt(value)}")
-        else:
-            st.alert.value = value
-
-    def _health(self, now: datetime) -> None:
-        assert self.health is not None
-        h = self.health()
-        cfg = self.config.health
-        # The quarantine rate over the last minute, from the running total.
-        marks = [m for m in self._quarantine_marks if now - m[0] <= timedelta(minutes=1)]
-        marks.append((now, h.quarantined_total))
-        self._quarantine_marks = marks
-        span = (marks[-1][0] - marks[0][0]).total_seconds()
-        if span > 0:
-            rate = (marks[-1][1] - marks[0][1]) * 60.0 / span
-            st = self._pipeline_alert(
-                QUARANTINE, Severity.WARNING, "messages quarantined at an unusual rate"
-            )
-            st.alert.threshold, st.alert.unit = cfg.quarantine_per_minute, "1/min"
-            limit = cfg.quarantine_per_minute
-            self._level(st, rate > limit, rate <= limit / 2, rate, now)
-        st = self._pipeline_alert(
-            JOURNAL, Severity.WARNING, "readings waiting in the journal for the database"
-        )
-        st.alert.threshold, st.alert.unit = float(cfg.journal_depth), "readings"
-        depth = h.journal_depth
-        self._level(st, depth > cfg.journal_depth, depth <= cfg.journal_depth / 2, depth, now)
-        if h.broker_connected:
-            self._broker_down_since = None
-        elif self._broker_down_since is None:
-            self._broker_down_since = now
-        down = 0.0 if self._broker_down_since is None else (now - self._broker_down_since)
-        seconds = down.total_seconds() if isinstance(down, timedelta) else down
-        # Commits failing with none getting through (a full disk, a locked file): nothing is
-        # acknowledged, the broker holds the stream, and someone must act.
-        if self._last_commits is not None:
-            committed = h.committed_total - self._last_commits[0]
-            failed = h.commit_failures_total - self._last_commits[1]
-            st = self._pipeline_alert(
-                STORE, Severity.CRITICAL, "durable commits are failing: nothing is acknowledged"
-            )
-            st.alert.unit = "failed commits"
-            self._level(st, failed > 0 and committed == 0, committed > 0, float(failed), now)
-        self._last_commits = (h.committed_total, h.commit_failures_total)
-        st = self._pipeline_alert(BROKER, Severity.CRITICAL, "the service lost its MQTT broker")
-        st.alert.threshold, st.alert.unit = cfg.broker_down_for.total_seconds(), "s"
-        self._level(st, seconds > st.alert.threshold, h.broker_connected, seconds, now)
+        return self.watch.silence_window(device)
 
     # -- digest ---------------------------------------------------------------------------
 

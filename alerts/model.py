@@ -26,7 +26,16 @@ class Event(StrEnum):
     FIRING = "firing"
     RESOLVED = "resolved"
     REPEAT = "repeat"  # still firing, not acknowledged, the repeat interval has passed
+    # The incident's severity changed, up or down; ``Notification.previous`` is what the
+    # channels were told before.
+    ESCALATED = "escalated"
+    # Episodes that fired and resolved inside a backlog (data delayed by an outage), told
+    # once when the backlog is over instead of a firing and a resolved each.
+    BACKLOG = "backlog"
     DIGEST = "digest"  # the daily summary of a site
+
+
+SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,9 @@ class Alert:
     acked_by: str | None = None
     acked_at: datetime | None = None
     labels: dict[str, str] = field(default_factory=dict)  # extra, e.g. measurement
+    # Text for people, not for matching (Alertmanager's sense): an incident's members, its
+    # peak severity. Never part of the identity, so changing them opens nothing new.
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -80,10 +92,36 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
+class Episode:
+    """One firing of an incident from start to end, in reading time, with the highest
+    severity it reached (and the rule and value that took it there)."""
+
+    fired_at: datetime
+    resolved_at: datetime
+    severity: Severity
+    rule: str
+    value: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fired_at": self.fired_at.isoformat(),
+            "resolved_at": self.resolved_at.isoformat(),
+            "severity": str(self.severity),
+            "rule": self.rule,
+            "value": self.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """One message to one or more channels. ``alert`` is a snapshot: the channel may
     deliver it later (retries) without seeing later changes. For a digest, ``alert`` is
-    None and ``digest`` carries the site's summary."""
+    None and ``digest`` carries the site's summary.
+
+    ``previous`` is the alert as the channels last heard of it, when its labels have
+    changed since (an escalation, or a resolution after one): Alertmanager identifies an
+    alert by its labels and must be told that the old label set ended. ``episodes`` are
+    the episodes of a BACKLOG summary."""
 
     event: Event
     at: datetime  # when it was decided (UTC)
@@ -92,6 +130,22 @@ class Notification:
     digest: dict[str, Any] | None = None
     site: str = ""
     kind: str = ""
+    previous: Alert | None = None
+    episodes: tuple[Episode, ...] = ()
+
+    def highest_severity(self) -> Severity | None:
+        """The highest severity this notification speaks of: the alert's, what it was
+        before, any episode's and the incident's peak. Routing by it keeps a channel that
+        heard of an incident at its peak informed until its end."""
+        if self.alert is None:
+            return None
+        found = [self.alert.severity, *(e.severity for e in self.episodes)]
+        if self.previous is not None:
+            found.append(self.previous.severity)
+        peak = self.alert.annotations.get("peak_severity")
+        if peak in tuple(Severity):
+            found.append(Severity(peak))
+        return max(found, key=SEVERITY_RANK.__getitem__)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body channels send (MQTT, webhook); README "Alerts" documents it."""
@@ -100,7 +154,7 @@ class Notification:
             a = self.alert
             body["alert"] = {
                 "id": a.id,
-                "rule": a.key.rule,
+                "rule": a.all_labels()["alertname"],
                 "site": a.key.site,
                 "device": a.key.device,
                 "channel": a.key.channel,
@@ -117,7 +171,16 @@ class Notification:
                 "acked_by": a.acked_by,
                 "acked_at": _iso(a.acked_at),
                 "labels": a.all_labels(),
+                "annotations": dict(a.annotations),
             }
+        if self.previous is not None:
+            body["previous"] = {
+                "rule": self.previous.all_labels()["alertname"],
+                "severity": str(self.previous.severity),
+                "labels": self.previous.all_labels(),
+            }
+        if self.episodes:
+            body["episodes"] = [e.to_json() for e in self.episodes]
         if self.digest is not None:
             body["site"] = self.site
             body["kind"] = self.kind

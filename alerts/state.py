@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     value REAL, threshold REAL, unit TEXT NOT NULL,
     since TEXT, fired_at TEXT, resolved_at TEXT,
     labels TEXT NOT NULL,
+    annotations TEXT NOT NULL DEFAULT '{}',
     engine TEXT NOT NULL,             -- the engine's own bookkeeping, JSON
     acked_by TEXT, acked_at TEXT
 );
@@ -122,6 +123,9 @@ class AlertStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
+        if "annotations" not in columns:  # a file written before incidents had them
+            self._db.execute("ALTER TABLE alerts ADD COLUMN annotations TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -144,30 +148,34 @@ class AlertStore:
 
     # -- alerts --------------------------------------------------------------------------
 
-    def save(self, stored: Stored, event: str, detail: str, at: datetime) -> None:
-        """Write an alert's lifecycle (not its acknowledgement) and a history entry, in one
-        transaction. A new firing clears an old acknowledgement: it ended with the alert."""
+    def save(
+        self, stored: Stored, event: str, detail: str, at: datetime, *, clear_ack: bool = False
+    ) -> None:
+        """Write an alert's lifecycle (not its acknowledgement) and a history entry at
+        ``at``, in one transaction. A new firing clears an old acknowledgement: it ended
+        with the alert; ``clear_ack`` clears it too (an escalation asks for a new one)."""
         a = stored.alert
         with self._tx() as db:
             db.execute(
                 """INSERT INTO alerts (id, rule, site, device, channel, kind, severity, state,
                     summary, value, threshold, unit, since, fired_at, resolved_at, labels,
-                    engine)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                    annotations, engine)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                    ON CONFLICT(id) DO UPDATE SET kind=excluded.kind,
                     severity=excluded.severity, state=excluded.state,
                     summary=excluded.summary, value=excluded.value,
                     threshold=excluded.threshold, unit=excluded.unit, since=excluded.since,
                     fired_at=excluded.fired_at, resolved_at=excluded.resolved_at,
-                    labels=excluded.labels, engine=excluded.engine""",
+                    labels=excluded.labels, annotations=excluded.annotations,
+                    engine=excluded.engine""",
                 (
                     a.id, a.key.rule, a.key.site, a.key.device, a.key.channel, a.kind,
                     str(a.severity), str(a.state), a.summary, a.value, a.threshold, a.unit,
                     _t(a.since), _t(a.fired_at), _t(a.resolved_at), json.dumps(a.labels),
-                    json.dumps(stored.engine),
+                    json.dumps(a.annotations), json.dumps(stored.engine),
                 ),
             )  # fmt: skip
-            if event == "firing":
+            if event == "firing" or clear_ack:
                 db.execute("UPDATE alerts SET acked_by=NULL, acked_at=NULL WHERE id=?", (a.id,))
             db.execute(
                 "INSERT INTO history (at, alert_id, event, state, value, detail) "
@@ -185,7 +193,8 @@ class AlertStore:
 
     def _alert(self, row: tuple[Any, ...]) -> Stored:
         (_, rule, site, device, channel, kind, severity, state, summary, value, threshold,
-         unit, since, fired_at, resolved_at, labels, engine, acked_by, acked_at) = row  # fmt: skip
+         unit, since, fired_at, resolved_at, labels, annotations, engine, acked_by,
+         acked_at) = row  # fmt: skip
         alert = Alert(
             key=AlertKey(rule, site, device, channel),
             severity=Severity(severity),
@@ -201,12 +210,13 @@ class AlertStore:
             acked_by=acked_by,
             acked_at=_dt(acked_at),
             labels=json.loads(labels),
+            annotations=json.loads(annotations),
         )
         return Stored(alert, json.loads(engine))
 
     _COLUMNS = (
         "id, rule, site, device, channel, kind, severity, state, summary, value, threshold, "
-        "unit, since, fired_at, resolved_at, labels, engine, acked_by, acked_at"
+        "unit, since, fired_at, resolved_at, labels, annotations, engine, acked_by, acked_at"
     )
 
     def alerts(self, states: tuple[State, ...] = (State.PENDING, State.FIRING)) -> list[Stored]:

@@ -28,18 +28,22 @@ _RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 class SeverityRouter:
-    """Sends each alert to the channels whose ``min_severity`` it reaches; digests to all."""
+    """Sends each alert to the channels whose ``min_severity`` it reaches; digests to all.
+
+    An incident is routed by the highest severity it speaks of (its peak, what it was
+    before an escalation): a channel that heard it fire as critical also hears it
+    de-escalate and resolve, and is not left with an open alert."""
 
     def __init__(self, dispatcher: Dispatcher, min_severity: dict[str, Severity]) -> None:
         self.dispatcher = dispatcher
         self.min_severity = min_severity
 
     def submit(self, notification: Notification) -> None:
-        a = notification.alert
+        severity = notification.highest_severity()
         names = [
             name
             for name, least in self.min_severity.items()
-            if a is None or _RANK[a.severity] >= _RANK[least]
+            if severity is None or _RANK[severity] >= _RANK[least]
         ]
         if names:
             self.dispatcher.submit(notification, names)
@@ -63,6 +67,8 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "fired_at": None if a.fired_at is None else a.fired_at.isoformat(),
         "acked_by": a.acked_by,
         "acked_at": None if a.acked_at is None else a.acked_at.isoformat(),
+        "labels": a.all_labels(),
+        "annotations": dict(a.annotations),
     }
 
 

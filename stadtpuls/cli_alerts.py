@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from alerts.incidents import INCIDENT
 from alerts.model import State
 from alerts.state import AlertStore
 from devices.registry import parse_duration
@@ -48,15 +49,30 @@ alerts = click.Group("alerts", help="Alerts: list, acknowledge, silence, history
 @alerts.command("list")
 @CONFIG
 @click.option("--all", "include_resolved", is_flag=True, help="Include resolved alerts.")
+@click.option(
+    "--members", is_flag=True, help="Also the single rules grouped into each series' incident."
+)
 @click.option("--json", "as_json", is_flag=True)
-def alerts_list(config_path: Path | None, include_resolved: bool, as_json: bool) -> None:
-    """Pending and firing alerts (and resolved ones with --all)."""
+def alerts_list(
+    config_path: Path | None, include_resolved: bool, members: bool, as_json: bool
+) -> None:
+    """Pending and firing alerts (and resolved ones with --all). A series' rules are
+    grouped into one incident (incident/SITE/DEVICE/CHANNEL); its members are listed
+    with --members, or on their own while one waits (pending) and no incident fires."""
     store = _store(config_path)
     try:
         states = (State.PENDING, State.FIRING) + ((State.RESOLVED,) if include_resolved else ())
-        rows = [s.alert for s in store.alerts(states)]
+        every = [s.alert for s in store.alerts(states)]
     finally:
         store.close()
+    firing = {a.id for a in every if a.key.rule == INCIDENT and a.state == State.FIRING}
+    rows = [
+        a
+        for a in every
+        if members
+        or "incident" not in a.labels
+        or (a.state == State.PENDING and a.labels["incident"] not in firing)
+    ]
     if as_json:
         click.echo(json.dumps([alert_json(a) for a in rows], indent=2))
         return
@@ -67,6 +83,8 @@ def alerts_list(config_path: Path | None, include_resolved: bool, as_json: bool)
         ack = f"  acked by {a.acked_by}" if a.acked_by else ""
         value = "" if a.value is None else f" = {a.value:.4g} {a.unit}".rstrip()
         click.echo(f"{a.state:<8} {a.severity:<8} {a.id}{value}{ack}\n         {a.summary}")
+        if a.annotations.get("members"):
+            click.echo(f"         rules firing: {a.annotations['members']}")
 
 
 @alerts.command("ack")
@@ -74,7 +92,8 @@ def alerts_list(config_path: Path | None, include_resolved: bool, as_json: bool)
 @click.argument("alert_id")
 @click.option("--by", default=None, help="Who acknowledges (default: $USER).")
 def alerts_ack(config_path: Path | None, alert_id: str, by: str | None) -> None:
-    """Acknowledge ALERT_ID: repeats stop until it resolves."""
+    """Acknowledge ALERT_ID: repeats stop until it resolves (or escalates). The id of a
+    rule grouped into an incident acknowledges the incident."""
     who = _who(by)
     store = _store(config_path)
     try:

@@ -12,7 +12,13 @@ Each notification becomes one element of ``POST {url}/api/v2/alerts``::
       "generatorURL": "https://stadtpuls.example"}]  # when configured
 
 Alertmanager identifies an alert by its label set, so the RESOLVED post, with the same
-labels and an ``endsAt``, resolves the alert the FIRING post opened. A firing alert
+labels and an ``endsAt``, resolves the alert the FIRING post opened. An incident's
+``severity`` and ``alertname`` labels change when it escalates: a notification that
+carries ``previous`` (ESCALATED, or a RESOLVED or REPEAT after such a change) also posts
+the previous label set with ``endsAt``, so the old one ends when the new one starts and
+Alertmanager never shows the incident twice. BACKLOG summaries (episodes that began and
+ended while data was delayed) are not posted: they are over, and Alertmanager routes what
+is happening now. A firing alert
 without ``endsAt`` is resolved by Alertmanager itself after its ``resolve_timeout``
 (5 minutes by default) unless it is posted again; REPEAT notifications post it again,
 and ``firing_ends_after`` sets an explicit end instead. Digests are not alerts and are
@@ -24,14 +30,19 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from alerts.channels._http import build_opener, check_http_url, post, status_error
 from alerts.model import Alert, Event, Notification
 
-__all__ = ["AlertmanagerChannel", "AlertmanagerSettings", "alertmanager_alert"]
+__all__ = [
+    "AlertmanagerChannel",
+    "AlertmanagerSettings",
+    "alertmanager_alert",
+    "alertmanager_alerts",
+]
 
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NOT_IN_LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
@@ -70,9 +81,9 @@ class AlertmanagerChannel:
             self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
 
     def send(self, notification: Notification) -> None:
-        if notification.alert is None:
-            return  # a digest: Alertmanager has nothing to route it by
-        body = json.dumps([alertmanager_alert(notification, self.settings)]).encode()
+        if notification.alert is None or notification.event is Event.BACKLOG:
+            return  # a digest or past episodes: nothing for Alertmanager to route now
+        body = json.dumps(alertmanager_alerts(notification, self.settings)).encode()
         answer = post(
             self._opener, self.endpoint, body, self._headers, self.settings.timeout.total_seconds()
         )
@@ -82,6 +93,22 @@ class AlertmanagerChannel:
 
     def close(self) -> None:
         """Nothing is kept open between sends."""
+
+
+def alertmanager_alerts(
+    notification: Notification, settings: AlertmanagerSettings
+) -> list[dict[str, Any]]:
+    """The postableAlerts for one notification: the alert, and the label set it had
+    before, ended, when its labels changed since the channels last heard of it."""
+    items = [alertmanager_alert(notification, settings)]
+    previous = notification.previous
+    if previous is not None and _labels(previous) != items[0]["labels"]:
+        ended = alertmanager_alert(
+            replace(notification, event=Event.RESOLVED, alert=previous, previous=None), settings
+        )
+        ended["endsAt"] = _rfc3339(notification.at)
+        items.insert(0, ended)
+    return items
 
 
 def alertmanager_alert(
@@ -128,6 +155,7 @@ def _annotations(alert: Alert) -> dict[str, str]:
         out["threshold"] = f"{alert.threshold:g}"
     if alert.unit:
         out["unit"] = alert.unit
+    out.update({name: text for name, text in alert.annotations.items() if text})
     if alert.acked_by:
         out["acked_by"] = alert.acked_by
         if alert.acked_at is not None:

@@ -4,7 +4,10 @@ The subject is the alert's state, severity and summary, e.g.
 ``[FIRING critical] strain above limit: bridge-a/gw1/g2 = 912 µε (limit 900)``; the body
 lists what, where, value, threshold, times, who acknowledged it and the labels. The
 messages of one incident share a thread: the FIRING message's Message-ID is derived from
-the alert and its firing time, and the later REPEAT and RESOLVED messages refer to it.
+the alert and its firing time, and the later ESCALATED, REPEAT and RESOLVED messages
+refer to it. An ESCALATED message says ``ESCALATED`` or ``DE-ESCALATED`` and from which
+severity; a BACKLOG message lists the episodes that fired and resolved while data was
+delayed, with their reading times.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from alerts.channels.base import DeliveryError
-from alerts.model import Alert, Event, Notification
+from alerts.model import SEVERITY_RANK, Alert, Event, Notification
 
 __all__ = ["EmailChannel", "EmailSettings", "render_message"]
 
@@ -30,6 +33,8 @@ _EVENT_WORDS = {
     Event.FIRING: "FIRING",
     Event.RESOLVED: "RESOLVED",
     Event.REPEAT: "STILL FIRING",
+    Event.ESCALATED: "ESCALATED",
+    Event.BACKLOG: "WHILE DATA WAS DELAYED",
     Event.DIGEST: "DIGEST",
 }
 
@@ -133,9 +138,16 @@ def render_message(notification: Notification, settings: EmailSettings) -> Email
         body = _digest_body(notification, zone)
         message["Message-ID"] = make_msgid(domain=domain)
     else:
-        subject = f"[{_EVENT_WORDS[notification.event]} {alert.severity}] {alert.summary}"
+        word = _event_word(notification)
+        subject = f"[{word} {alert.severity}] {alert.summary}"
         body = _alert_body(notification.event, alert, zone)
-        thread = _thread_id(alert, domain)
+        if notification.previous is not None:
+            body += f"\nBefore: {notification.previous.severity} "
+            body += f"({notification.previous.all_labels()['alertname']})\n"
+        if notification.episodes:
+            body = _episodes_body(notification, zone)
+        # Past episodes are incidents of their own, not part of the current one's thread.
+        thread = None if notification.event is Event.BACKLOG else _thread_id(alert, domain)
         if notification.event is Event.FIRING and thread is not None:
             message["Message-ID"] = thread
         else:
@@ -149,6 +161,33 @@ def render_message(notification: Notification, settings: EmailSettings) -> Email
     # Quoted-printable keeps the body readable in its raw form and needs no 8BITMIME.
     message.set_content(body, cte="quoted-printable")
     return message
+
+
+def _event_word(notification: Notification) -> str:
+    previous, alert = notification.previous, notification.alert
+    if (
+        notification.event is Event.ESCALATED
+        and previous is not None
+        and alert is not None
+        and SEVERITY_RANK[alert.severity] < SEVERITY_RANK[previous.severity]
+    ):
+        return "DE-ESCALATED"
+    return _EVENT_WORDS[notification.event]
+
+
+def _episodes_body(notification: Notification, zone: ZoneInfo) -> str:
+    alert = notification.alert
+    assert alert is not None
+    place = "/".join(p for p in (alert.key.site, alert.key.device, alert.key.channel) if p)
+    lines = [f"While data was delayed, {place} fired and resolved again:", ""]
+    for e in notification.episodes:
+        value = "" if e.value is None else f", {_quantity(e.value, alert.unit)}"
+        lines.append(
+            f"- {_when(e.fired_at, zone)} to {_when(e.resolved_at, zone)}: "
+            f"{e.severity} ({e.rule}){value}"
+        )
+    lines += ["", f"Times are reading times. Alert id: {alert.id}"]
+    return "\n".join(lines) + "\n"
 
 
 def _alert_body(event: Event, alert: Alert, zone: ZoneInfo) -> str:
@@ -182,6 +221,8 @@ def _alert_body(event: Event, alert: Alert, zone: ZoneInfo) -> str:
         rows.append(("Acknowledged", "not yet" if event is not Event.RESOLVED else "no"))
     labels = alert.all_labels()
     rows.append(("Labels", ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))
+    if alert.annotations.get("members"):
+        rows.append(("Rules firing", alert.annotations["members"]))
     rows.append(("Alert id", alert.id))
     width = max(len(name) for name, _ in rows) + 2
     lines = [alert.summary, ""]

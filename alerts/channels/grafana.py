@@ -5,7 +5,10 @@ A firing alert becomes an annotation tagged ``stadtpuls-alert``, ``site:<site>``
 the generated dashboards query), ``alert:<id>``, ``rule:<rule>`` and
 ``severity:<severity>``; its resolution turns that annotation into a region ending at the
 resolution. The annotation is found again by its ``alert:`` tag and firing time, so a
-restart in between loses nothing. Repeats and digests are not annotated.
+restart in between loses nothing. An escalation or de-escalation is a point annotation at
+the reading time the severity changed; a BACKLOG summary adds one region per episode that
+fired and resolved while data was delayed, at its reading times. Repeats and digests are
+not annotated.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def tags(alert: Alert) -> list[str]:
 
 def _text(alert: Alert, event: Event) -> str:
     value = "" if alert.value is None else f" ({alert.value:.4g} {alert.unit})".replace(" )", ")")
+    if event is Event.ESCALATED:
+        return f"SEVERITY {str(alert.severity).upper()}: {alert.summary}{value}"
     return f"{str(event).upper()}: {alert.summary}{value}"
 
 
@@ -62,10 +67,26 @@ class GrafanaAnnotationChannel:
 
     def send(self, notification: Notification) -> None:
         a = notification.alert
-        if a is None or notification.event not in (Event.FIRING, Event.RESOLVED):
+        if a is None or notification.event in (Event.REPEAT, Event.DIGEST):
             return
         start = a.fired_at or a.since or notification.at
         try:
+            if notification.event is Event.ESCALATED:
+                changed = a.annotations.get("severity_since")
+                when = notification.at if changed is None else datetime.fromisoformat(changed)
+                self._api.annotations.add_annotation(
+                    time_from=_ms(when), tags=tags(a), text=_text(a, Event.ESCALATED)
+                )
+                return
+            if notification.event is Event.BACKLOG:
+                for e in notification.episodes:
+                    self._api.annotations.add_annotation(
+                        time_from=_ms(e.fired_at),
+                        time_to=_ms(e.resolved_at),
+                        tags=[*tags(a)[:-1], f"severity:{e.severity}", "delayed"],
+                        text=f"DELAYED DATA: {e.severity} ({e.rule}), {a.summary}",
+                    )
+                return
             if notification.event == Event.FIRING:
                 self._api.annotations.add_annotation(
                     time_from=_ms(start), tags=tags(a), text=_text(a, Event.FIRING)

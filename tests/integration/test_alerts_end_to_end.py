@@ -290,8 +290,9 @@ def test_limit_flap_silence_and_restart(rig: Rig) -> None:
     publisher = threading.Thread(target=run_publisher, daemon=True)
     publisher.start()
 
-    limit_g1 = "limit/b1/sg1/g1/strain"
-    limit_g2 = "limit/b1/sg1/g2/strain"
+    # Channels hear of each gauge's incident; Alertmanager's alertname is still its rule.
+    limit_g1 = "incident/b1/sg1/g1/strain"
+    limit_g2 = "incident/b1/sg1/g2/strain"
 
     def fired_everywhere() -> bool:
         got = rig.firing_and_resolved(limit_g1)
@@ -337,10 +338,10 @@ def test_limit_flap_silence_and_restart(rig: Rig) -> None:
     assert rig.webhook.bad_signatures == 0
     # Alertmanager listed both gauges' alerts while they fired (above), none of the school.
     assert not rig.alertmanager.alerts(site="s1")
-    # The silence held the school's alarm back, and the history says so.
+    # The silence held the school's incident (its alarm) back, and the history says so.
     history = subprocess.run(
         [sys.executable, "-m", "stadtpuls", "alerts", "history", "--config",
-         str(service.config), "alarm/s1/room-1/co2"],
+         str(service.config), "incident/s1/room-1/co2"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "suppressed" in history

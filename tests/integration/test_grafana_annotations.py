@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from alerts.channels.base import DeliveryError
 from alerts.channels.grafana import TAG, GrafanaAnnotationChannel, GrafanaSettings
-from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
+from alerts.model import Alert, AlertKey, Episode, Event, Notification, Severity, State
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +151,28 @@ def test_refused_token_is_not_retried_and_unreachable_is(grafana: FakeGrafana) -
     with pytest.raises(DeliveryError) as unreachable:
         gone.send(Notification(Event.FIRING, FIRED, "stadtpuls", alert=_alert(State.FIRING)))
     assert unreachable.value.retry is True
+
+
+def test_escalation_is_a_point_and_a_backlog_one_region_per_episode(grafana: FakeGrafana) -> None:
+    channel = GrafanaAnnotationChannel("grafana", GrafanaSettings(grafana.url, TOKEN))
+    changed = FIRED + timedelta(minutes=3)
+    up = replace(_alert(State.FIRING), annotations={"severity_since": changed.isoformat()})
+    channel.send(Notification(Event.FIRING, FIRED, "stadtpuls", alert=_alert(State.FIRING)))
+    channel.send(Notification(Event.ESCALATED, changed, "stadtpuls", alert=up))
+    point = grafana.annotations[2]
+    assert point["time"] == int(changed.timestamp() * 1000)
+    assert "timeEnd" not in point or point["timeEnd"] in (None, point["time"])
+    assert point["text"].startswith("SEVERITY CRITICAL:")
+    episodes = tuple(
+        Episode(FIRED + timedelta(hours=h), FIRED + timedelta(hours=h, minutes=40),
+                Severity.WARNING, "warn", 1100.0)
+        for h in (1, 2)
+    )  # fmt: skip
+    done = _alert(State.RESOLVED, FIRED + timedelta(hours=3))
+    channel.send(Notification(Event.BACKLOG, FIRED, "stadtpuls", alert=done, episodes=episodes))
+    regions = [grafana.annotations[3], grafana.annotations[4]]
+    assert [(r["time"], r["timeEnd"]) for r in regions] == [
+        (int(e.fired_at.timestamp() * 1000), int(e.resolved_at.timestamp() * 1000))
+        for e in episodes
+    ]
+    assert all("delayed" in r["tags"] and "severity:warning" in r["tags"] for r in regions)

@@ -47,7 +47,7 @@ class Sink:
         return [
             (str(n.event), n.alert.id)
             for n in self.sent
-            if n.alert is not None and (rule is None or n.alert.key.rule == rule)
+            if n.alert is not None and (rule is None or n.alert.all_labels()["alertname"] == rule)
         ]
 
 
@@ -116,7 +116,7 @@ def test_gauge_over_its_limit_fires_once_and_resolves_once_below_the_clear_level
 ) -> None:
     g1 = rig.index("b1", "sg1", "g1/strain")
     rig.feed(g1, [100.0, 910.0])
-    assert rig.sink.events() == [("firing", "limit/b1/sg1/g1/strain")]
+    assert rig.sink.events() == [("firing", "incident/b1/sg1/g1/strain")]
     alert = rig.sink.sent[0].alert
     assert alert is not None
     assert alert.value == 910.0
@@ -133,8 +133,8 @@ def test_gauge_over_its_limit_fires_once_and_resolves_once_below_the_clear_level
     rig.advance(40)
     rig.feed(g1, [500.0] * 40)
     assert rig.sink.events() == [
-        ("firing", "limit/b1/sg1/g1/strain"),
-        ("resolved", "limit/b1/sg1/g1/strain"),
+        ("firing", "incident/b1/sg1/g1/strain"),
+        ("resolved", "incident/b1/sg1/g1/strain"),
     ]
     assert rig.engine.active() == []
 
@@ -142,7 +142,7 @@ def test_gauge_over_its_limit_fires_once_and_resolves_once_below_the_clear_level
 def test_compression_counts_against_the_limit(rig: Rig) -> None:
     g2 = rig.index("b1", "sg1", "g2/strain")
     rig.feed(g2, [-950.0])
-    assert rig.sink.events() == [("firing", "limit/b1/sg1/g2/strain")]
+    assert rig.sink.events() == [("firing", "incident/b1/sg1/g2/strain")]
 
 
 def test_minimum_duration_keeps_a_short_excursion_pending(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_minimum_duration_keeps_a_short_excursion_pending(tmp_path: Path) -> Non
     assert rig.engine.active() == []
     rig.advance(60)
     rig.feed(room, [1100.0, 1150.0, 1300.0], step_s=60)  # two minutes above: firing
-    assert rig.sink.events() == [("firing", "co2/s1/room-1/co2")]
+    assert rig.sink.events() == [("firing", "incident/s1/room-1/co2")]
 
 
 def test_a_silenced_site_gets_nothing_until_the_silence_ends(rig: Rig) -> None:
@@ -166,15 +166,15 @@ def test_a_silenced_site_gets_nothing_until_the_silence_ends(rig: Rig) -> None:
     rig.feed(g1, [950.0])
     room = rig.index("s1", "room-1", "co2")
     rig.feed(room, [2500.0])
-    assert rig.sink.events() == [
-        ("firing", "alarm/s1/room-1/co2"),
-        ("firing", "warn/s1/room-1/co2"),
-    ]
-    assert rig.store.history("limit/b1/sg1/g1/strain")[-2].event == "suppressed"
+    # One incident for the room's CO2, at the higher of the registry's two levels.
+    assert rig.sink.events() == [("firing", "incident/s1/room-1/co2")]
+    assert rig.sink.sent[0].alert is not None
+    assert rig.sink.sent[0].alert.all_labels()["alertname"] == "alarm"
+    assert rig.store.history("incident/b1/sg1/g1/strain")[-2].event == "suppressed"
     # Still firing when the silence ends: the held-back notification goes out then.
     rig.advance(3601)
     rig.engine.tick()
-    assert rig.sink.events("limit") == [("firing", "limit/b1/sg1/g1/strain")]
+    assert rig.sink.events("limit") == [("firing", "incident/b1/sg1/g1/strain")]
     assert rig.sink.events("device-silent")  # the bridge went quiet meanwhile: not silenced
 
 
@@ -186,7 +186,7 @@ def test_glob_matchers_and_unsilence(rig: Rig) -> None:
     assert rig.store.expire_silence(s.id, rig.clock.now)
     assert not rig.store.expire_silence(s.id, rig.clock.now)  # already over
     rig.engine.tick()
-    assert rig.sink.events() == [("firing", "limit/b1/sg1/g1/strain")]
+    assert rig.sink.events() == [("firing", "incident/b1/sg1/g1/strain")]
     with pytest.raises(ValueError, match="at least one matcher"):
         rig.store.add_silence({}, T0, T0 + timedelta(hours=1), "x")
 
@@ -236,8 +236,8 @@ def test_flapping_is_damped(tmp_path: Path) -> None:
     # Quiet for a whole window: the channels learn the final state once.
     rig.advance(3601)
     rig.engine.tick()
-    assert rig.sink.events()[-1] == ("resolved", "limit/b1/sg1/g1/strain")
-    assert rig.sink.events()[-2] != ("resolved", "limit/b1/sg1/g1/strain")
+    assert rig.sink.events()[-1] == ("resolved", "incident/b1/sg1/g1/strain")
+    assert rig.sink.events()[-2] != ("resolved", "incident/b1/sg1/g1/strain")
 
 
 def test_a_quiet_device_is_alerted_within_its_window_and_resolved_by_data(rig: Rig) -> None:
@@ -268,23 +268,23 @@ def test_restart_keeps_state_no_second_firing(rig: Rig) -> None:
     rig.advance(1)
     rig.feed(g1, [960.0])
     rig.engine.tick()
-    assert rig.sink.events() == [("firing", "limit/b1/sg1/g1/strain")]
+    assert rig.sink.events() == [("firing", "incident/b1/sg1/g1/strain")]
     rig.advance(1)
     rig.feed(g1, [100.0] * 61)
-    assert rig.sink.events()[-1] == ("resolved", "limit/b1/sg1/g1/strain")
+    assert rig.sink.events()[-1] == ("resolved", "incident/b1/sg1/g1/strain")
 
 
 def test_anomaly_flags_raise_an_alert_until_the_series_is_clean(tmp_path: Path) -> None:
     rig = Rig(tmp_path, config(anomaly={"severity": {"stuck": "warning"}, "clear_for": "10m"}))
     room = rig.index("s1", "room-1", "humidity")
     rig.feed(room, [40.0] * 3, step_s=60, flags=int(AnomalyFlag.STUCK))
-    assert rig.sink.events() == [("firing", "anomaly-stuck/s1/room-1/humidity")]
+    assert rig.sink.events() == [("firing", "incident/s1/room-1/humidity")]
     rig.advance(300)
     rig.feed(room, [41.0, 42.0], step_s=60)
     assert len(rig.sink.sent) == 1
     rig.advance(600)
     rig.feed(room, [43.0])
-    assert rig.sink.events()[-1] == ("resolved", "anomaly-stuck/s1/room-1/humidity")
+    assert rig.sink.events()[-1] == ("resolved", "incident/s1/room-1/humidity")
 
 
 def test_pipeline_health(tmp_path: Path) -> None:
@@ -339,10 +339,11 @@ def test_default_rules_follow_the_umweltbundesamt(tmp_path: Path) -> None:
     rig = Rig(tmp_path, AlertsConfig.model_validate({"registry": {"enabled": False}}))
     room = rig.index("s2", "room-9", "co2")
     rig.feed(room, [1200.0] * 4, step_s=60)
-    assert rig.sink.events() == [("firing", "co2-air-the-room/s2/room-9/co2")]
+    assert rig.sink.events("co2-air-the-room") == [("firing", "incident/s2/room-9/co2")]
     rig.advance(60)
     rig.feed(room, [2100.0] * 3, step_s=60)
-    assert rig.sink.events()[-1] == ("firing", "co2-unacceptable/s2/room-9/co2")
+    # The same incident, escalated: not a second alert.
+    assert rig.sink.events("co2-unacceptable") == [("escalated", "incident/s2/room-9/co2")]
 
 
 def test_digest_counts_hours_above_1000_ppm_and_fired_alerts(rig: Rig, tmp_path: Path) -> None:
