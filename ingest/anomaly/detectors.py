@@ -151,6 +151,7 @@ class Detectors:
         self.abrupt = np.zeros(n, dtype=bool)  # did that run begin with a lone jump?
         self.onset_eff = np.zeros(n)  # ... to which level, by how much
         self.onset_jump = np.zeros(n)
+        self.onset_moves = np.zeros(n, dtype=np.int64)  # readings off that level since
         self.odd = np.zeros(n, dtype=bool)  # did the last reading change oddly?
         self.dev_ts = np.full(n, NO_TIME, dtype=np.int64)  # last reading beyond _SHARED_Z
         # Longest recent flat runs as log(length) + time / tau, so "the longest, fading
@@ -262,6 +263,7 @@ class Detectors:
         moved = np.abs(eff[d] - level) > 0.5 * size
         moves = np.cumsum(moved)
         moves -= (moves - moved)[head]
+        moves += np.where(carried, self.onset_moves[ds], 0)
         # One reading off the new level (a lorry on top of it) does not undo a step.
         lone_jump = np.where(carried, self.abrupt[ds], jumped & ~shared_at[head]) & (moves < 2)
         step = (dev_len >= self.step_need[ds]) & lone_jump
@@ -300,8 +302,11 @@ class Detectors:
         at_level[d] = level
         jump_size = np.zeros(n)
         jump_size[d] = size
+        moved_so_far = np.zeros(n, dtype=np.int64)
+        moved_so_far[d] = moves
         self.onset_eff[uniq] = at_level[lasts]
         self.onset_jump[uniq] = jump_size[lasts]
+        self.onset_moves[uniq] = moved_so_far[lasts]
         self.dev_run[uniq] = run[lasts]
         self.abrupt[uniq] = lone[lasts]
         self.same_run[uniq] = same_len[lasts]
@@ -429,7 +434,7 @@ class Detectors:
 
     _STATE = (
         "first_ts", "last_ts", "last_value", "last_eff", "same_run", "dev_run", "abrupt",
-        "onset_eff", "onset_jump", "odd", "dev_ts", "flat_all", "flat_ok",
+        "onset_eff", "onset_jump", "onset_moves", "odd", "dev_ts", "flat_all", "flat_ok",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:

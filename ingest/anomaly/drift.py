@@ -74,12 +74,13 @@ class Drift:
         self.ts = np.full(n, NO_TIME, dtype=np.int64)  # last update
         self.since = np.full(n, NO_TIME, dtype=np.int64)  # first update
         self.on = np.zeros(n, dtype=bool)  # parted at the last update
+        self.step_open = np.zeros(n, dtype=bool)  # a step in the segment still open
         self.level = np.full(n, np.nan)  # the last segment median (for the site's mean)
         # Thermal regression of each strain gauge: exponentially weighted sums of T, e,
         # T^2, T*e and the weight (e: strain).
         self.reg = np.zeros((n, 5))
 
-    _STATE = ("fast", "slow", "ts", "since", "on", "level", "reg")
+    _STATE = ("fast", "slow", "ts", "since", "on", "step_open", "level", "reg")
 
     def state(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k).copy() for k in self._STATE}
@@ -104,6 +105,8 @@ class Drift:
         ``own``/``ref``: per reading, the event of its own segment and of the one before
         it (-1: incomplete, or ended in an earlier batch); ``reset``: readings marked as
         a step or shift, after which the new level is the reference."""
+        # Readings judged against a segment of an earlier batch see the state as it was.
+        current = self.on[series_of]
         n_ev = len(ev.series)
         after = np.zeros(n_ev, dtype=bool)
         if n_ev:
@@ -121,10 +124,15 @@ class Drift:
             kth = np.arange(n_ev) - np.maximum.accumulate(
                 np.where(np.r_[True, ev.series[1:] != ev.series[:-1]], np.arange(n_ev), 0)
             )
+            # A step in a segment that began in an earlier batch counts for it too.
+            first = kth == 0
+            stepped[first] |= self.step_open[ev.series[first]]
+            self.step_open[ev.series[first]] = False
             for k in range(int(kth.max()) + 1):
                 e = np.flatnonzero(kth == k)
                 self._update(e, ev.series[e], te[e], x[e], tend[e], usable[e], stepped[e], after)
-        current = self.on[series_of]  # readings judged against a segment of an earlier batch
+        open_steps = np.flatnonzero(reset & (own < 0))
+        self.step_open[series_of[open_steps]] = True
         has_ref = ref >= 0
         current[has_ref] = after[ref[has_ref]]
         return current
