@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 NO_TIME = np.iinfo(np.int64).min
 DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
 DRIFT_WARM_S = 24 * 3600.0  # judged after a day: the thermal regression has seen a daily cycle
+ALONE_FACTOR = 2.5
 ALONE_FAST_S = 12 * 3600.0  # a sensor without neighbours: the daily cycle mostly cancels
 _NIGHT_UTC_HOURS = (0, 4)  # 01:00-05:00 in Dortmund in winter: rooms empty, CO2 at floor
 _HOUR_NS = 3_600_000_000_000
@@ -68,6 +69,9 @@ class Drift:
         )
         fast = np.array([x.drift_fast_s for x in params])
         self.fast_s = np.where(alone, np.maximum(fast, ALONE_FAST_S), fast)
+        # Alone, a sensor's level moves with the weather too (an office's humidity over a
+        # fortnight of February): only a larger departure is a drift.
+        self.threshold = np.where(alone, ALONE_FACTOR * self.threshold, self.threshold)
         # State.
         self.fast = np.full(n, np.nan)
         self.slow = np.full(n, np.nan)

@@ -104,5 +104,9 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         drift_fast_s=3600.0,
         drift_mode="night",
     ),
-    "light": DetectorParams(noise_floor=5.0, stuck_samples=0, max_rate=np.inf),
+    # Light switches: on, off, a cloud, the blinds. Each is a jump that may stay or not,
+    # so neither a spike nor a step says anything about the sensor.
+    "light": DetectorParams(
+        noise_floor=5.0, spike_z=np.inf, step_samples=1 << 30, stuck_samples=0, max_rate=np.inf
+    ),
 }
