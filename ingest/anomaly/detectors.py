@@ -136,7 +136,7 @@ class Detectors:
         # some gauge of a bridge moves every few seconds); an opened window moves all of a
         # room's sensors.
         self.group = np.where(bridge, len(device_ids) + site * len(measures) + measure, device)
-        self.drift = Drift(series, p, self.pair, self.coef)
+        self.drift = Drift(series, p, self.pair, self.coef, self.width)
         self._lock = threading.Lock()
         # Strain is judged after what its temperature explains, and as it reads: a lasting
         # change must show in both, or a faulty thermometer would move the gauge.

@@ -30,7 +30,13 @@ DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
 DRIFT_WARM_S = 24 * 3600.0  # judged after a day: the thermal regression has seen a daily cycle
 ALONE_FACTOR = 2.5
 ALONE_FAST_S = 12 * 3600.0  # a sensor without neighbours: the daily cycle mostly cancels
-_NIGHT_UTC_HOURS = (0, 4)  # 01:00-05:00 in Dortmund in winter: rooms empty, CO2 at floor
+# A record of dynamic monitoring (a load test at 100 Hz) lasts minutes to hours and has no
+# daily cycle to average out: its drift is a slow creep within the record.
+RECORD_FAST_S = 300.0
+RECORD_SLOW_S = 3600.0
+RECORD_WARM_S = 900.0
+# Midnight to 05:00 in Dortmund in winter (01:00-06:00 in summer): rooms empty, CO2 at floor.
+_NIGHT_UTC_HOURS = (23, 4)
 _HOUR_NS = 3_600_000_000_000
 _THERMAL_MEMORY_S = 14 * 86400.0  # seasons change the range, not the coefficient
 _PRIOR_VAR_K2 = 25.0  # a few kelvin of spread at the steel coefficient
@@ -38,9 +44,16 @@ _PRIOR_VAR_K2 = 25.0  # a few kelvin of spread at the steel coefficient
 
 class Drift:
     def __init__(
-        self, series: Sequence[Series], params: Sequence[DetectorParams], pair: I64, coef: F64
+        self,
+        series: Sequence[Series],
+        params: Sequence[DetectorParams],
+        pair: I64,
+        coef: F64,
+        width: I64,
     ) -> None:
         n = len(series)
+        interval_ns = np.array([s.interval.total_seconds() * 1e9 for s in series])
+        self.half_span_ns = ((width - 1) * interval_ns / 2).astype(np.int64)
         modes = [x.drift_mode for x in params]
         self.threshold = np.array([x.drift for x in params])
         self.thermal = np.array([m == "thermal" for m in modes]) & (pair >= 0)
@@ -69,6 +82,10 @@ class Drift:
         )
         fast = np.array([x.drift_fast_s for x in params])
         self.fast_s = np.where(alone, np.maximum(fast, ALONE_FAST_S), fast)
+        record = np.array([s.interval.total_seconds() < 1.0 for s in series], dtype=bool)
+        self.fast_s = np.where(record, np.minimum(self.fast_s, RECORD_FAST_S), self.fast_s)
+        self.slow_s = np.where(record, RECORD_SLOW_S, DRIFT_SLOW_S)
+        self.warm_s = np.where(record, RECORD_WARM_S, DRIFT_WARM_S)
         # Alone, a sensor's level moves with the weather too (an office's humidity over a
         # fortnight of February): only a larger departure is a drift.
         self.threshold = np.where(alone, ALONE_FACTOR * self.threshold, self.threshold)
@@ -121,8 +138,10 @@ class Drift:
             site = self.site[ev.series]
             if site.any():
                 x[site] = ev.median[site] - self._others(ev, te, site)
-            hour = (te // _HOUR_NS) % 24
-            night_ok = (hour >= _NIGHT_UTC_HOURS[0]) & (hour < _NIGHT_UTC_HOURS[1])
+            # A segment is a night's when its middle is: at 10-minute readings a segment is
+            # eight hours long, and its end says little.
+            hour = ((te - self.half_span_ns[ev.series]) // _HOUR_NS) % 24
+            night_ok = (hour >= _NIGHT_UTC_HOURS[0]) | (hour < _NIGHT_UTC_HOURS[1])
             usable = np.isfinite(self.threshold[ev.series]) & (~self.night[ev.series] | night_ok)
             tend = temp[ev.end]
             kth = np.arange(n_ev) - np.maximum.accumulate(
@@ -170,13 +189,13 @@ class Drift:
         new = prev == NO_TIME
         dt = np.where(new, 0.0, np.maximum((to - prev) / 1e9, 0.0))
         a_fast = 1.0 - np.exp(-dt / self.fast_s[r])
-        a_slow = 1.0 - np.exp(-dt / DRIFT_SLOW_S)
+        a_slow = 1.0 - np.exp(-dt / self.slow_s[r])
         fast = np.where(new | stepped[ok], xo, self.fast[r] + a_fast * (xo - self.fast[r]))
         slow = np.where(new | stepped[ok], xo, self.slow[r] + a_slow * (xo - self.slow[r]))
         self.fast[r], self.slow[r] = fast, slow
         self.ts[r] = np.maximum(prev, to)
         self.since[r] = np.where(new, to, self.since[r])
-        warm = (to - self.since[r]) / 1e9 >= DRIFT_WARM_S
+        warm = (to - self.since[r]) / 1e9 >= self.warm_s[r]
         self.on[r] = warm & (np.abs(fast - slow) > self.threshold[r])
         after[e] = self.on[rows]
 
