@@ -4,6 +4,7 @@ and the same readings judged alike however they are batched."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -523,9 +524,9 @@ def simulated(days: int) -> tuple[Registry, I64, I64, F64]:
         ts = np.arange(start + period // 3, start + days * DAY, period, dtype=np.int64)
         for name, (values, _) in sim.device_values(dev, ts).items():
             keep = ~np.isnan(values)
-            s = dev.series[name]
-            inside = keep & (values >= s.minimum) & (values <= s.maximum)
-            cols.append((np.full(int(inside.sum()), s.index), ts[inside], values[inside]))
+            x = dev.series[name]
+            inside = keep & (values >= x.minimum) & (values <= x.maximum)
+            cols.append((np.full(int(inside.sum()), x.index), ts[inside], values[inside]))
     s = np.concatenate([c[0] for c in cols]).astype(np.int64)
     t = np.concatenate([c[1] for c in cols])
     v = np.concatenate([c[2] for c in cols])
@@ -540,7 +541,7 @@ def batched_by(
         det = Detectors(reg.series)
         flags = np.zeros(len(s), dtype=np.int32)
         bounds = np.concatenate([[0], cut(s, t), [len(s)]]).astype(np.int64)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds.tolist()):
             if a == b:
                 continue
             batch = ReadingBatch.unchecked(s[a:b], t[a:b], v[a:b])
