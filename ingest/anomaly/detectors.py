@@ -18,6 +18,7 @@ arrive in time order.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ T = TypeVar("T", bound=np.generic)
 
 SEGMENT = 48  # readings per segment at least: enough for a median and a MAD
 SEGMENT_MAX = 1 << 15
+CHUNK = 1 << 20  # readings judged in one piece
 STEEL_UE_PER_K = 12.0  # DOMAIN.md: 12.2 for steel, about 10 for concrete
 NO_TIME = np.iinfo(np.int64).min
 _SHARED_NS = 10 * 1_000_000_000
@@ -81,9 +83,13 @@ class Detectors:
     """All detectors over per-series state arrays."""
 
     def __init__(
-        self, series: Sequence[Series], params: dict[str, DetectorParams] | None = None
+        self,
+        series: Sequence[Series],
+        params: dict[str, DetectorParams] | None = None,
+        chunk: int = CHUNK,
     ) -> None:
         table = DEFAULT_PARAMS if params is None else params
+        self.chunk = chunk
         # The registry's settings (measurement-wide, then the device's) over the defaults.
         p = [replace(table[x.key.measurement], **_settings(x)) for x in series]
         n = len(series)
@@ -165,7 +171,28 @@ class Detectors:
         if len(batch) == 0:
             return
         with self._lock:  # a snapshot (save) must not see half a batch
-            self._check(batch)
+            if len(batch) <= self.chunk:
+                self._check(batch)
+                return
+            # A backlog of days: judged in slices of time. The flags are the same as in
+            # one piece (every reading is judged against the readings before it), and the
+            # slices' arrays stay small enough to be reused instead of mapped anew.
+            order = np.argsort(batch.ts_ns, kind="stable")
+            ts = batch.ts_ns[order]
+            # Readings of one instant stay together: a strain gauge's temperature and its
+            # neighbours of the same moment are part of its judgement.
+            cuts = np.searchsorted(ts, ts[self.chunk :: self.chunk], side="left").tolist()
+            for lo, hi in itertools.pairwise([0, *cuts, len(order)]):
+                if lo == hi:
+                    continue
+                rows = order[lo:hi]
+                part = ReadingBatch.unchecked(batch.series[rows], batch.ts_ns[rows],
+                                              batch.values[rows])  # fmt: skip
+                part.flags[:] = batch.flags[rows]
+                part.scores[:] = batch.scores[rows]
+                self._check(part)
+                batch.flags[rows] = part.flags
+                batch.scores[rows] = part.scores
 
     def _check(self, batch: ReadingBatch) -> None:
         order = series_time_order(batch.series, batch.ts_ns, len(self.names))
@@ -236,21 +263,21 @@ class Detectors:
             # A paired gauge moved only if its reading moved too, not just its thermometer.
             jump[paired] = np.where(dv[paired] > _SHARED_Z * sigma[paired], jump[paired], 0.0)
         jumped = jump[onset] > self.step_z[ds]
-        # Moving is jumping from the reading before: a reading far from an old reference
-        # (a room cooling through the night) has not moved with anything.
         # While the level moves (CO2 through a lesson) its sigma is wide, but the change
         # from one reading to the next stays regular: a change far beyond the usual ones,
         # not following another such change (the way back), is a spike too.
         with np.errstate(invalid="ignore"):
-            usual = np.where(np.isfinite(seg.change.sigma), seg.change.sigma, np.inf)
-            odd = (
-                np.abs(eff - prev_eff - seg.change.median) > _ODD_CHANGE * rep(self.spike_z) * usual
-            )
+            step_sig = seg.table.step_sigma[seg.row]
+            usual = np.where(np.isfinite(step_sig), step_sig, np.inf)
+            change = eff - prev_eff - seg.table.step[seg.row]
+            odd = np.abs(change) > _ODD_CHANGE * rep(self.spike_z) * usual
         odd_before = np.empty(n, dtype=bool)
         odd_before[1:] = odd[:-1]
         odd_before[starts] = self.odd[uniq]
         self.odd[uniq] = odd[lasts]
         cand = np.flatnonzero(odd & ~odd_before & (rep(self.spike_tail) == 0))
+        # Moving is jumping from the reading before: a reading far from an old reference
+        # (a room cooling through the night) has not moved with anything.
         asked = onset[~carried]
         both = self._shared(s, t, jump > _SHARED_Z, np.concatenate([asked, cand]))
         shared, shared_odd = both[: len(asked)], both[len(asked) :]
@@ -272,7 +299,9 @@ class Detectors:
         # excursions; a reading that crept there (a room being aired) is no spike.
         lone = (absz[d] > self.spike_z[ds]) & (dev_len == 1) & ~shared_at
         lone &= jump[d] > self.spike_z[ds]
-        spike = lone & (np.abs(eff[d] - seg.ref_med[d]) > self.spike_tail[ds] * seg.excursion[d])
+        away = eff[d] - seg.median(d)
+        usual_away = seg.excursion(d, away >= 0, t[d])
+        spike = lone & (np.abs(away) > self.spike_tail[ds] * usual_away)
         flags[d[spike]] |= AnomalyFlag.SPIKE
         flags[cand[~shared_odd]] |= AnomalyFlag.SPIKE
         flags[d[step]] |= AnomalyFlag.STEP
@@ -280,9 +309,9 @@ class Detectors:
 
         same_len = self._stuck(s, t, v, first, starts, uniq, has_prev, prev_v, prev_t, flags)
 
-        with np.errstate(all="ignore"):
-            fast = has_prev & (d_ns > 0) & (dv / (d_ns / 1e9) > rep(self.max_rate))
-        flags[fast] |= AnomalyFlag.RATE
+        moving = np.flatnonzero(has_prev & (dv > 0) & (d_ns > 0))
+        fast = dv[moving] / (d_ns[moving] / 1e9) > self.max_rate[s[moving]]
+        flags[moving[fast]] |= AnomalyFlag.RATE
         flags[has_prev & (d_ns > rep(self.gap_ns))] |= AnomalyFlag.GAP
 
         reset = (flags & (AnomalyFlag.STEP | AnomalyFlag.SHIFT)) != 0
@@ -294,21 +323,17 @@ class Detectors:
         batch.scores[order] = scores
 
         # The state each series leaves off with: its last reading's runs.
-        run = np.zeros(n, dtype=np.int64)
-        run[d] = dev_len * dsign
-        lone = np.zeros(n, dtype=bool)
-        lone[d] = lone_jump
-        at_level = np.zeros(n)
-        at_level[d] = level
-        jump_size = np.zeros(n)
-        jump_size[d] = size
-        moved_so_far = np.zeros(n, dtype=np.int64)
-        moved_so_far[d] = moves
-        self.onset_eff[uniq] = at_level[lasts]
-        self.onset_jump[uniq] = jump_size[lasts]
-        self.onset_moves[uniq] = moved_so_far[lasts]
-        self.dev_run[uniq] = run[lasts]
-        self.abrupt[uniq] = lone[lasts]
+        k = np.searchsorted(d, lasts)
+        in_run = k < len(d)
+        in_run[in_run] = d[k[in_run]] == lasts[in_run]
+        k = k[in_run]
+        self.dev_run[uniq] = 0
+        self.dev_run[uniq[in_run]] = dev_len[k] * dsign[k]
+        self.abrupt[uniq] = False
+        self.abrupt[uniq[in_run]] = lone_jump[k]
+        self.onset_eff[uniq[in_run]] = level[k]
+        self.onset_jump[uniq[in_run]] = size[k]
+        self.onset_moves[uniq[in_run]] = moves[k]
         self.same_run[uniq] = same_len[lasts]
         self.last_ts[uniq] = np.maximum(self.last_ts[uniq], t[lasts])
         self.last_value[uniq] = v[lasts]
@@ -343,8 +368,8 @@ class Detectors:
         if len(at) == 0:
             self._remember_moves(s, t, moving)
             return np.zeros(0, dtype=bool)
-        m = np.flatnonzero(moving)
         lo = int(t[at].min()) - _SHARED_NS
+        m = np.flatnonzero(moving & (t >= lo))  # earlier moves are in no one's window
         recent = np.flatnonzero(self.dev_ts >= lo)
         ev_s = np.concatenate([s[m], recent])
         ev_t = np.concatenate([t[m], self.dev_ts[recent]])
@@ -391,14 +416,19 @@ class Detectors:
         same_r, head, _ = run_lengths(follows, at_start, self.same_run[s[r]])
         same = np.zeros(n, dtype=np.int64)
         same[r] = same_r
-        # Flat runs that end in this batch (the value changed), with their lengths and end
-        # times, and how the fading maximum of them stood before each.
-        changed = np.flatnonzero(has_prev & (v != prev_v))
-        before = np.empty(n, dtype=np.int64)
-        before[1:] = same[:-1]
-        before[starts] = self.same_run[s[starts]]
+        # Flat runs of two readings or more that end in this batch (the value changed), with
+        # their lengths and end times, and how the fading maximum of them stood before each.
+        # Single readings cannot raise the usual above stuck_samples; leaving them out keeps
+        # this to the few repeats of a noisy series.
+        ends = r[np.diff(r, append=np.iinfo(np.int64).max) != 1] + 1
+        ends = ends[ends < n]
+        ends = ends[~first[ends]]  # a change within the series (not a repeat: r ends there)
+        carried = starts[(self.same_run[s[starts]] > 0) & has_prev[starts]]
+        carried = carried[v[carried] != prev_v[carried]]
+        changed = np.sort(np.concatenate([ends, carried]))
         cs = s[changed]
-        length = before[changed] + 1
+        at_first = first[changed]
+        length = np.where(at_first, self.same_run[cs], same[changed - 1 + at_first]) + 1
         key = np.log(length) + (prev_t[changed] - EPOCH_NS) / 1e9 / _FLAT_TAU_S
         all_before = running_max_before(cs, key, self.flat_all[cs])
         thresh = self._stuck_need(cs, all_before, prev_t[changed])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.anomaly.arrays import F64, I64, segment_stats
+from ingest.anomaly.arrays import F64, I64, Bool, segment_stats
 
 EPOCH_NS = 1_600_000_000 * 1_000_000_000  # keeps time / tau small in fading maxima
 _TAIL_TAU_S = 12 * 3600.0  # usual excursions: those of the last half day
@@ -26,37 +26,46 @@ class SegmentEvents:
         self.series, self.end, self.median, self.sigma = series, end, median, sigma
 
 
-class Segments:
-    """Per reading: its z-score, the reference median and sigma behind it, the usual
-    excursion of the series then, the completed segment (in ``events``) it belongs to
-    (-1: its segment is still open), and the one it is judged against (-1: that segment
-    ended in an earlier batch)."""
+class Table:
+    """Reference statistics, one row per series of a batch (as the state had them) and
+    one per segment the batch completes: median, robust sigma, median and sigma of the
+    change from one reading to the next, and the fading largest excursions above and below
+    the median (log(size) + time / tau)."""
 
-    __slots__ = ("change", "events", "excursion", "own", "ref", "ref_med", "sigma", "z")
+    __slots__ = ("above_key", "below_key", "median", "sigma", "step", "step_sigma")
 
     def __init__(
-        self,
-        z: F64,
-        sigma: F64,
-        ref_med: F64,
-        excursion: F64,
-        change: Change,
-        events: SegmentEvents,
-        own: I64,
-        ref: I64,
+        self, median: F64, sigma: F64, step: F64, step_sigma: F64, above_key: F64, below_key: F64
     ) -> None:
-        self.z, self.sigma, self.ref_med, self.excursion = z, sigma, ref_med, excursion
-        self.change, self.events, self.own, self.ref = change, events, own, ref
+        self.median, self.sigma, self.step, self.step_sigma = median, sigma, step, step_sigma
+        self.above_key, self.below_key = above_key, below_key
 
 
-class Change:
-    """Per reading: the usual change from one reading to the next (median, robust sigma)
-    in its reference segment; NaN before the first."""
+class Segments:
+    """Per reading: its z-score, the sigma behind it, its row of reference statistics in
+    ``table``, the completed segment (in ``events``) it belongs to (-1: its segment is still
+    open), and the one it is judged against (-1: that segment ended in an earlier batch)."""
 
-    __slots__ = ("median", "sigma")
+    __slots__ = ("events", "own", "ref", "row", "sigma", "table", "z")
 
-    def __init__(self, median: F64, sigma: F64) -> None:
-        self.median, self.sigma = median, sigma
+    def __init__(
+        self, z: F64, sigma: F64, table: Table, row: I64, events: SegmentEvents, own: I64, ref: I64
+    ) -> None:
+        self.z, self.sigma, self.table, self.row = z, sigma, table, row
+        self.events, self.own, self.ref = events, own, ref
+
+    def median(self, at: I64) -> F64:
+        """The reference median of the readings at ``at``."""
+        out: F64 = self.table.median[self.row[at]]
+        return out
+
+    def excursion(self, at: I64, up: Bool, t: I64) -> F64:
+        """The usual excursion, on the side given by ``up``, of the series of each reading
+        at ``at`` (times ``t``), as it had faded by then."""
+        r = self.row[at]
+        key = np.where(up, self.table.above_key[r], self.table.below_key[r])
+        out: F64 = np.exp(key - (t - EPOCH_NS) / 1e9 / _TAIL_TAU_S)
+        return out
 
 
 class SegmentTrack:
@@ -128,19 +137,33 @@ class SegmentTrack:
         sig = np.maximum(1.4826 * mad, self.floor[uniq[rows]])
         dsig = np.maximum(1.4826 * dmad, self.floor[uniq[rows]])
         # The reference: the segment before the reading's own, from this batch or the state.
+        # One table holds both (the state's rows first), so each statistic is one gather.
         seg = j // width[inverse]
         idx = base[inverse] + seg - 1
         own = seg > 0
-        ref_med = self.ref_med[uniq][inverse]
-        ref_sig = self.ref_sig[uniq][inverse]
-        ref_med[own] = med[idx[own]]
-        ref_sig[own] = sig[idx[own]]
-        ref_step = self.ref_step[uniq][inverse]
-        ref_step_sig = self.ref_step_sig[uniq][inverse]
-        ref_step[own] = dmed[idx[own]]
-        ref_step_sig[own] = dsig[idx[own]]
+        row = np.where(own, len(uniq) + idx, inverse)
+        ev_s = uniq[rows]
+        end = starts[rows] + (kth + 1) * width[rows] - 1 - fill[rows]
+        # The usual excursions on each side of the median: the largest of a segment, the
+        # largest of recent segments counting, fading with age.
+        age_end = (t[end] - EPOCH_NS) / 1e9 / _TAIL_TAU_S
+        sides = []
+        for tail, keys in ((above, self.above_key), (below, self.below_key)):
+            key = np.log(np.maximum(tail, 1e-300)) + age_end
+            sides.append((keys, np.maximum(running_max_before(ev_s, key, keys[ev_s]), key)))
+        table = Table(
+            np.concatenate([self.ref_med[uniq], med]),
+            np.concatenate([self.ref_sig[uniq], sig]),
+            np.concatenate([self.ref_step[uniq], dmed]),
+            np.concatenate([self.ref_step_sig[uniq], dsig]),
+            np.concatenate([self.above_key[uniq], sides[0][1]]),
+            np.concatenate([self.below_key[uniq], sides[1][1]]),
+        )
+        ref_med = table.median[row]
+        ref_sig = table.sigma[row]
         with np.errstate(invalid="ignore"):
             z = np.where(np.isfinite(ref_med), (values - ref_med) / ref_sig, 0.0)
+        sigma = np.where(np.isfinite(ref_sig), ref_sig, self.floor[s])
         # The state: the statistics of the last complete segment, and what is left over.
         done = full > 0
         last = base[done] + full[done] - 1
@@ -148,6 +171,8 @@ class SegmentTrack:
         self.ref_sig[uniq[done]] = sig[last]
         self.ref_step[uniq[done]] = dmed[last]
         self.ref_step_sig[uniq[done]] = dsig[last]
+        for keys, upto in sides:
+            keys[uniq[done]] = upto[last]
         left = ext_len - full * width
         kept = int(left.sum())
         if kept:
@@ -157,25 +182,9 @@ class SegmentTrack:
         self.fill[uniq] = left
         # A completed segment ends at a reading of this batch (the buffer holds less than a
         # segment): its position, in the sorted batch, is where drift reads its time.
-        end = starts[rows] + (kth + 1) * width[rows] - 1 - fill[rows]
-        ev_s = uniq[rows]
         events = SegmentEvents(ev_s, end, med, sig)
-        # The usual excursions on the reading's side of its reference: the largest of a
-        # segment, the largest of recent segments counting, fading with age.
-        age = (t - EPOCH_NS) / 1e9 / _TAIL_TAU_S
-        excursion = np.empty(n)
-        up = values >= ref_med
-        for side, tail, keys in ((up, above, self.above_key), (~up, below, self.below_key)):
-            key = np.log(np.maximum(tail, 1e-300)) + age[end]
-            upto = np.maximum(running_max_before(ev_s, key, keys[ev_s]), key)
-            ref_key = keys[uniq][inverse]
-            ref_key[own] = upto[idx[own]]
-            excursion[side] = np.exp(ref_key[side] - age[side])
-            keys[uniq[done]] = upto[last]
         mine = np.where(seg < full[inverse], base[inverse] + seg, -1)
-        sigma = np.where(np.isfinite(ref_sig), ref_sig, self.floor[uniq][inverse])
-        change = Change(ref_step, ref_step_sig)
-        return Segments(z, sigma, ref_med, excursion, change, events, mine, np.where(own, idx, -1))
+        return Segments(z, sigma, table, row, events, mine, np.where(own, idx, -1))
 
 
 def running_max_before(series: I64, key: F64, carry: F64) -> F64:

@@ -535,10 +535,10 @@ def simulated(days: int) -> tuple[Registry, I64, I64, F64]:
 
 
 def batched_by(
-    cut: Callable[[I64, I64], I64],
+    cut: Callable[[I64, I64], I64], chunk: int = 1 << 20
 ) -> Callable[[Registry, I64, I64, F64], I32]:
     def run(reg: Registry, s: I64, t: I64, v: F64) -> I32:
-        det = Detectors(reg.series)
+        det = Detectors(reg.series, chunk=chunk)
         flags = np.zeros(len(s), dtype=np.int32)
         bounds = np.concatenate([[0], cut(s, t), [len(s)]]).astype(np.int64)
         for a, b in itertools.pairwise(bounds.tolist()):
@@ -580,6 +580,8 @@ def test_the_same_readings_get_the_same_flags_however_they_arrive() -> None:
         for name, cut in (("live", _live), ("hourly", _hourly), ("blocks", _blocks),
                           ("backlog", _backlog))
     }  # fmt: skip
+    # A backlog too big for one piece is judged in slices of time.
+    runs["sliced"] = batched_by(_backlog, chunk=5000)(reg, s, t, v)
     live = runs["live"]
     for detector in (AnomalyFlag.SPIKE, AnomalyFlag.STEP, AnomalyFlag.STUCK, AnomalyFlag.DRIFT):
         assert has(live, detector).any(), f"the trace should exercise {detector.name}"
