@@ -57,6 +57,7 @@ _SHARED_NS = 10 * 1_000_000_000
 # A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
 # loads a gauge near a support far less than one at mid-span.
 _SHARED_Z = 3.0
+_RATE_NOISE_Z = 4.0
 # A change from the reading before this many times spike_z sigmas of the usual changes.
 _ODD_CHANGE = 2.5
 # Flat runs: how fast the memory of the longest recent one fades, and how much history a
@@ -309,7 +310,9 @@ class Detectors:
 
         same_len = self._stuck(s, t, v, first, starts, uniq, has_prev, prev_v, prev_t, flags)
 
-        moving = np.flatnonzero(has_prev & (dv > 0) & (d_ns > 0))
+        # Too fast for the physics, and beyond the noise: at 100 Hz a thermometer's noise
+        # alone is kelvins per second.
+        moving = np.flatnonzero(has_prev & (dv > _RATE_NOISE_Z * sigma) & (d_ns > 0))
         fast = dv[moving] / (d_ns[moving] / 1e9) > self.max_rate[s[moving]]
         flags[moving[fast]] |= AnomalyFlag.RATE
         flags[has_prev & (d_ns > rep(self.gap_ns))] |= AnomalyFlag.GAP

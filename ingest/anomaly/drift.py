@@ -29,7 +29,8 @@ NO_TIME = np.iinfo(np.int64).min
 DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
 DRIFT_WARM_S = 24 * 3600.0  # judged after a day: the thermal regression has seen a daily cycle
 ALONE_FACTOR = 2.5
-ALONE_FAST_S = 12 * 3600.0  # a sensor without neighbours: the daily cycle mostly cancels
+ALONE_FAST_S = 6 * 3600.0
+NIGHT_WARM_S = 12 * 3600.0  # the night floor: judged from the second night on
 # A record of dynamic monitoring (a load test at 100 Hz) lasts minutes to hours and has no
 # daily cycle to average out: its drift is a slow creep within the record.
 RECORD_FAST_S = 300.0
@@ -38,6 +39,7 @@ RECORD_WARM_S = 900.0
 # Midnight to 05:00 in Dortmund in winter (01:00-06:00 in summer): rooms empty, CO2 at floor.
 _NIGHT_UTC_HOURS = (23, 4)
 _HOUR_NS = 3_600_000_000_000
+_PROFILE_DAYS = 7  # the daily profile averages the last week or so
 _THERMAL_MEMORY_S = 14 * 86400.0  # seasons change the range, not the coefficient
 _PRIOR_VAR_K2 = 25.0  # a few kelvin of spread at the steel coefficient
 
@@ -86,12 +88,14 @@ class Drift:
         self.fast_s = np.where(record, np.minimum(self.fast_s, RECORD_FAST_S), self.fast_s)
         self.slow_s = np.where(record, RECORD_SLOW_S, DRIFT_SLOW_S)
         self.warm_s = np.where(record, RECORD_WARM_S, DRIFT_WARM_S)
+        self.warm_s = np.where(self.night, NIGHT_WARM_S, self.warm_s)
         # Alone, a sensor's level moves with the weather too (an office's humidity over a
         # fortnight of February): only a larger departure is a drift.
         self.threshold = np.where(alone, ALONE_FACTOR * self.threshold, self.threshold)
         # State.
-        self.fast = np.full(n, np.nan)
-        self.slow = np.full(n, np.nan)
+        # Fast and slow averages of the reading and of its temperature (0 without one).
+        self.fast = np.full((n, 2), np.nan)
+        self.slow = np.full((n, 2), np.nan)
         self.ts = np.full(n, NO_TIME, dtype=np.int64)  # last update
         self.since = np.full(n, NO_TIME, dtype=np.int64)  # first update
         self.on = np.zeros(n, dtype=bool)  # parted at the last update
@@ -100,8 +104,16 @@ class Drift:
         # Thermal regression of each strain gauge: exponentially weighted sums of T, e,
         # T^2, T*e and the weight (e: strain).
         self.reg = np.zeros((n, 5))
+        # Each series' daily profile: the average departure from its slow level per hour
+        # of the day (UTC), and how many days went into each hour.
+        self.profile = np.zeros((n, 24, 2))
+        self.profile_n = np.zeros((n, 24), dtype=np.int64)
+        # The night floor has no daily cycle; a record of minutes or hours has no day.
+        self.daily = ~self.night & ~record
 
-    _STATE = ("fast", "slow", "ts", "since", "on", "step_open", "level", "reg")
+    _STATE = (
+        "fast", "slow", "ts", "since", "on", "step_open", "level", "reg", "profile", "profile_n",
+    )  # fmt: skip
 
     def state(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k).copy() for k in self._STATE}
@@ -171,33 +183,69 @@ class Drift:
         stepped: Bool,
         after: Bool,
     ) -> None:
+        """One segment of each series in ``rows``. The level is tracked as two parts, the
+        reading and its temperature (zero where none applies), each with its own averages
+        and daily profile; the gauge's coefficient joins them only when judging. So the
+        averages never hold a coefficient from before the regression had learnt it."""
         thermal = self.thermal[rows]
+        reading = x.copy()
+        heat = np.zeros(len(rows))
         if thermal.any():
             sr = rows[thermal]
             tt = temp[thermal]
             known = np.isfinite(tt)
-            b = self._slope(sr)
-            c = self.coef[sr]
-            xs = x[thermal]
-            # The segment median is of the reading less coef x temperature: add that back
-            # and take off what this gauge's own coefficient says.
-            x[thermal] = np.where(known, xs + (c - b) * tt, np.nan)
-            self._learn(sr[known], tt[known], (xs + c * tt)[known], te[thermal][known])
-        ok = usable & np.isfinite(x)
-        r, xo, to = rows[ok], x[ok], te[ok]
+            # The segment median is of the reading less coef x temperature: add it back.
+            reading[thermal] = np.where(known, x[thermal] + self.coef[sr] * tt, np.nan)
+            heat[thermal] = tt
+            self._learn(sr[known], tt[known], reading[thermal][known], te[thermal][known])
+        ok = usable & np.isfinite(reading)
+        r, to = rows[ok], te[ok]
         prev = self.ts[r]
         new = prev == NO_TIME
         dt = np.where(new, 0.0, np.maximum((to - prev) / 1e9, 0.0))
-        a_fast = 1.0 - np.exp(-dt / self.fast_s[r])
-        a_slow = 1.0 - np.exp(-dt / self.slow_s[r])
-        fast = np.where(new | stepped[ok], xo, self.fast[r] + a_fast * (xo - self.fast[r]))
-        slow = np.where(new | stepped[ok], xo, self.slow[r] + a_slow * (xo - self.slow[r]))
+        a_fast = (1.0 - np.exp(-dt / self.fast_s[r]))[:, None]
+        a_slow = (1.0 - np.exp(-dt / self.slow_s[r]))[:, None]
+        both = np.stack([reading[ok], heat[ok]], axis=1)
+        both = self._without_daily_cycle(r, both, to, new)
+        restart = (new | stepped[ok])[:, None]
+        fast = np.where(restart, both, self.fast[r] + a_fast * (both - self.fast[r]))
+        slow = np.where(restart, both, self.slow[r] + a_slow * (both - self.slow[r]))
         self.fast[r], self.slow[r] = fast, slow
         self.ts[r] = np.maximum(prev, to)
         self.since[r] = np.where(new, to, self.since[r])
+        b = np.where(self.thermal[r], self._slope(r), 0.0)
+        apart = (fast[:, 0] - slow[:, 0]) - b * (fast[:, 1] - slow[:, 1])
         warm = (to - self.since[r]) / 1e9 >= self.warm_s[r]
-        self.on[r] = warm & (np.abs(fast - slow) > self.threshold[r])
+        self.on[r] = warm & (np.abs(apart) > self.threshold[r])
         after[e] = self.on[rows]
+
+    def _without_daily_cycle(self, r: I64, x: F64, te: I64, new: Bool) -> F64:
+        """``x`` (a row per series: the reading and its temperature) less what the series'
+        own daily profile says of that hour, and the profile learnt from it. The profile is
+        centred (its mean over the day is taken off), so a level that moves at every hour
+        alike, as a drift does, is never learnt into it: only the cycle is, and a drift
+        stands out against a fast average that no longer needs a day to smooth the cycle
+        away."""
+        use = self.daily[r]
+        if not use.any():
+            return x
+        rr, xx = r[use], x[use]
+        at = np.arange(len(rr))
+        hour = ((te[use] - self.half_span_ns[rr]) // _HOUR_NS) % 24
+        prof, seen = self.profile[rr], self.profile_n[rr]
+        known = (seen > 0)[:, :, None]
+        mean = np.where(known, prof, 0.0).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
+        here = prof[at, hour]
+        count = seen[at, hour][:, None]
+        adjusted = np.where(count > 0, xx - (here - mean), xx)
+        # Learn the hour's departure from the slow level, an average over the last days.
+        dev = np.where(new[use][:, None], 0.0, xx - self.slow[rr])
+        alpha = 1.0 / np.minimum(count + 1, _PROFILE_DAYS)
+        self.profile[rr, hour] = np.where(count > 0, here + alpha * (dev - here), dev)
+        self.profile_n[rr, hour] = count[:, 0] + 1
+        out = x.copy()
+        out[use] = adjusted
+        return out
 
     def _others(self, ev: SegmentEvents, te: I64, site: Bool) -> F64:
         """For site-mode segments: the mean of the latest levels of the other series of the

@@ -70,7 +70,7 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     # Weather moves all temperatures (and humidities) of a site together: a sensor is
     # compared with the others of its site; alone, with its own slow level.
     "temperature": DetectorParams(
-        noise_floor=0.1, max_rate=0.5, drift=1.5, drift_fast_s=6 * 3600.0, drift_mode="site"
+        noise_floor=0.1, max_rate=0.5, drift=1.2, drift_fast_s=4 * 3600.0, drift_mode="site"
     ),
     # Both follow the temperature a little: drift is judged after their own regression.
     "inclination": DetectorParams(
