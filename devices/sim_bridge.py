@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -191,7 +192,16 @@ def _temperature_positions(device: Device) -> dict[str, float]:
 class BridgeDevice:
     """One monitoring device on a bridge (a gateway with its gauges)."""
 
-    def __init__(self, seed: int, device: Device, weather: Weather, traffic: Traffic) -> None:
+    def __init__(
+        self,
+        seed: int,
+        device: Device,
+        weather: Weather,
+        traffic: Traffic,
+        *,
+        noise: Mapping[str, float] | None = None,
+    ) -> None:
+        """``noise`` replaces the drawn noise standard deviation of series by record name."""
         rng = generator(seed, "bridge-device", device.site, device.id)
         self.device = device
         self.weather = weather
@@ -202,6 +212,8 @@ class BridgeDevice:
         self.strain_as_ratio = bool(rng.random() < 0.25)
         self._positions = _temperature_positions(device)
         self._params = {name: self._draw(seed, s) for name, s in device.series.items()}
+        for name, sd in (noise or {}).items():
+            self._params[name] = replace(self._params[name], noise=sd)
 
     @staticmethod
     def _draw(seed: int, s: Series) -> _Params:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final, Literal, get_args
@@ -39,14 +39,16 @@ from devices.sim_school import Room, RoomState, holidays_to_days
 from devices.topics import TopicScheme
 from devices.vocabulary import SiteKind
 
-FaultKind = Literal["spike", "drift", "stuck", "step", "gap", "out_of_range"]
+# New kinds go at the end: labels are ``FAULT_KINDS.index(kind) + 1``, and stored or
+# published labels keep their meaning only if the existing kinds keep their places.
+FaultKind = Literal["spike", "drift", "stuck", "step", "gap", "out_of_range", "settlement"]
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 CLEAN: Final = 0
 Labels = npt.NDArray[np.uint8]
 
-# What magnitude 1.0 means for spike, drift (at the end of the window) and step, per
-# measurement: an amount an engineer would notice, well above the sensor noise and below a
-# structural alarm.
+# What magnitude 1.0 means for spike, drift (at the end of the window), step and settlement,
+# per measurement: an amount an engineer would notice, well above the sensor noise and below
+# a structural alarm. ``FaultSpec(absolute=True)`` gives the amount in the unit instead.
 FAULT_SCALE: Final[dict[str, float]] = {
     "strain": 50.0,
     "temperature": 5.0,
@@ -72,6 +74,14 @@ _DECIMALS: Final[dict[str, int]] = {
     "noise": 1,
     "light": 0,
 }
+# Resolution of what a device reports, where it is coarser than ``_DECIMALS``: classroom
+# thermometers report 0.1 degC and hygrometers 0.5 %RH steps (senseBox-style kits, SCD30), so
+# on a quiet night a room holds one value for many minutes, which is not a stuck sensor.
+# Bridge temperature comes from finer loggers and keeps its decimals.
+_RESOLUTION: Final[dict[tuple[SiteKind, str], float]] = {
+    (SiteKind.SCHOOL, "temperature"): 0.1,
+    (SiteKind.SCHOOL, "humidity"): 0.5,
+}
 BLOCK_DT_NS: Final = 10_000_000  # 100 Hz, the rate of load tests and dynamic monitoring
 _CHUNK_SAMPLES = 20_000  # per series per generated chunk: big enough to vectorise
 _DAY_NS = 86_400 * NS
@@ -82,12 +92,19 @@ class FaultSpec:
     """A data fault injected into one series (``series`` = index in ``Registry.series``) or,
     with ``series=None``, into all of them, for samples in [start_ns, start_ns + duration_ns).
 
-    ``magnitude`` scales ``FAULT_SCALE`` of the measurement (its sign gives the direction):
-    spike: isolated single-sample outliers (about five per window, at least one); drift: a
-    linear ramp from 0 to magnitude x scale at the end of the window; stuck: the value frozen
-    at its value at ``start_ns``; step: an offset of magnitude x scale; gap: no samples;
-    out_of_range: values (5 + 10 x |magnitude|) % of the range beyond the maximum (below the
-    minimum if magnitude < 0). Faulty values other than out_of_range stay inside the range.
+    ``magnitude`` scales ``FAULT_SCALE`` of the measurement (its sign gives the direction),
+    or with ``absolute=True`` is the amount itself in the measurement's unit (a step of 4 ue
+    on a quiet strain gauge): spike: isolated single-sample outliers (about five per window,
+    at least one); drift: a linear ramp from 0 to the amount at the end of the window; stuck:
+    the value frozen at its value at ``start_ns``; step: an offset of the amount; gap: no
+    samples; out_of_range: values (5 + 10 x |magnitude|) % of the range beyond the maximum
+    (below the minimum if magnitude < 0; ``absolute`` does not apply).
+
+    settlement is the one kind that outlasts its window: a monotone rise (a half-cosine, so
+    it starts and ends smoothly) from 0 at ``start_ns`` to the amount at the end of the
+    window, which then stays, as when a support settles. Every sample from ``start_ns`` on
+    carries it and is labelled with it; a later fault on the same series adds to it.
+    Faulty values other than out_of_range stay inside the range.
     """
 
     kind: FaultKind
@@ -95,6 +112,7 @@ class FaultSpec:
     start_ns: int
     duration_ns: int
     magnitude: float = 1.0
+    absolute: bool = False
 
     @property
     def end_ns(self) -> int:
@@ -134,6 +152,8 @@ class Simulator:
     blocks of N samples at 100 Hz. Schools report one SenML pack per device every
     ``school_interval_s``. ``school_holidays`` lists inclusive (first, last) date ranges on
     which rooms stay empty (NRW holidays differ per year, so none are built in).
+    ``sensor_noise`` sets the noise standard deviation (in the unit) of bridge series by
+    registry index, instead of the drawn one: a quiet gauge for a small step, say.
     """
 
     def __init__(
@@ -149,6 +169,7 @@ class Simulator:
         per_message: Literal["device", "reading"] = "device",
         faults: Sequence[FaultSpec] = (),
         school_holidays: Sequence[tuple[dt.date, dt.date]] = (),
+        sensor_noise: Mapping[int, float] | None = None,
     ) -> None:
         if not bridge_rate_hz > 0 or round(1e6 / bridge_rate_hz) < 1:
             raise ValueError(f"bridge_rate_hz must be positive and at most 1 MHz: {bridge_rate_hz}")
@@ -165,6 +186,12 @@ class Simulator:
                 raise ValueError(f"fault series index {f.series} is not in the registry")
             if f.duration_ns <= 0:
                 raise ValueError(f"fault duration must be positive: {f}")
+        noise = dict(sensor_noise or {})
+        for index, sd in noise.items():
+            if not 0 <= index < len(registry.series) or not sd > 0:
+                raise ValueError(f"sensor_noise needs registry indices and positive sds: {noise}")
+            if registry.series[index].kind != SiteKind.BRIDGE:
+                raise ValueError(f"sensor_noise is for bridge series: {registry.series[index].key}")
         self.registry = registry
         self.topics = topics
         self.seed = seed
@@ -182,7 +209,10 @@ class Simulator:
             traffic = Traffic(seed, site.id) if site.kind == SiteKind.BRIDGE else None
             for dev in site.devices.values():
                 if traffic is not None:
-                    self._bridges[(site.id, dev.id)] = BridgeDevice(seed, dev, weather, traffic)
+                    quiet = {n: noise[s.index] for n, s in dev.series.items() if s.index in noise}
+                    self._bridges[(site.id, dev.id)] = BridgeDevice(
+                        seed, dev, weather, traffic, noise=quiet
+                    )
                     continue
                 for chan in sorted({s.key.channel for s in dev.series.values()}):
                     self._rooms[(site.id, dev.id, chan)] = Room(
@@ -259,15 +289,15 @@ class Simulator:
         v = clean.astype(np.float64, copy=True)
         labels = np.zeros(len(ts), dtype=np.uint8)
         lo, hi = s.minimum, s.maximum
-        decimals = _DECIMALS[s.key.measurement]
         for f in self.faults:
             if f.series is not None and f.series != s.index:
                 continue
-            window = (ts >= f.start_ns) & (ts < f.end_ns)
+            lasting = f.kind == "settlement"
+            window = (ts >= f.start_ns) & ((ts < f.end_ns) | lasting)
             if not window.any():
                 continue
             code = FAULT_KINDS.index(f.kind) + 1
-            amount = FAULT_SCALE[s.key.measurement] * f.magnitude
+            amount = f.magnitude * (1.0 if f.absolute else FAULT_SCALE[s.key.measurement])
             if f.kind == "spike":
                 window &= self._spike_mask(s, f, ts)
                 key = stable_key(self.seed, "spike-sign", s.key.name, s.key.device, f.start_ns)
@@ -282,19 +312,32 @@ class Simulator:
             elif f.kind == "stuck":
                 start = np.array([f.start_ns], dtype=np.int64)
                 frozen = self._clean(device, start, [s])[s.key.name]
-                v = np.where(window, np.round(frozen[0], decimals), v)
+                v = np.where(window, self._quantise(s, frozen)[0], v)
             elif f.kind == "step":
                 v = np.where(window, v + amount, v)
+            elif f.kind == "settlement":
+                frac = np.clip((ts - f.start_ns).astype(np.float64) / f.duration_ns, 0.0, 1.0)
+                v = np.where(window, v + amount * (0.5 - 0.5 * np.cos(np.pi * frac)), v)
             elif f.kind == "gap":
                 v = np.where(window, np.nan, v)
             else:  # out_of_range
                 beyond = (0.05 + 0.1 * abs(f.magnitude)) * (hi - lo)
                 v = np.where(window, hi + beyond if f.magnitude >= 0 else lo - beyond, v)
             labels[window] = code
-        v = np.round(v, decimals)
+        v = self._quantise(s, v)
         inside = labels != FAULT_KINDS.index("out_of_range") + 1
         v = np.where(inside, np.clip(v, lo, hi), v)
         return v, labels
+
+    @staticmethod
+    def _quantise(s: Series, v: F64) -> F64:
+        """Round to what the device reports: its resolution step, then its decimals (which
+        also turns 21.300000000000001 into 21.3)."""
+        decimals = _DECIMALS[s.key.measurement]
+        step = _RESOLUTION.get((s.kind, s.key.measurement))
+        if step is not None:
+            v = np.round(v / step) * step
+        return np.asarray(np.round(v, decimals), dtype=np.float64)
 
     def _spike_mask(self, s: Series, f: FaultSpec, ts: I64) -> npt.NDArray[np.bool_]:
         """Spike instants: one at a jittered point of every fifth of the window (at least ten

@@ -1,5 +1,6 @@
-"""The anomaly evaluation's scoring on hand-made flag arrays, and its harness with stand-in
-checks (the real detectors are judged by running ``python -m bench.eval_anomaly``)."""
+"""The anomaly evaluation's scoring on hand-made flag arrays, its arrival patterns, and its
+harness with stand-in checks (the real detectors are judged by running
+``python -m bench.eval_anomaly``)."""
 
 from __future__ import annotations
 
@@ -12,30 +13,39 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from bench.eval_anomaly import (
+from bench.eval_anomaly import EvalConfig, evaluate
+from bench.eval_highrate import HighRateConfig, plan_records, simulate_record
+from bench.eval_patterns import (
+    PATTERNS,
+    Arrivals,
+    Pattern,
+    Readings,
+    agreements,
+    arrange,
+    batch_feed,
+    run_patterns,
+)
+from bench.eval_report import format_report, report_json
+from bench.eval_scoring import (
     ANY_FAULT_BITS,
     DAY,
     HOUR,
+    MATCHING_KINDS,
     MIN,
     NS,
-    EvalConfig,
-    Readings,
+    Agreement,
     Trace,
     Window,
     detection_span,
-    evaluate,
     f1,
     false_alarm_rate,
+    flag_agreement,
     flag_events,
-    format_report,
     match_span,
-    plan_faults,
-    run_check,
     score_precision,
     score_recall,
-    simulate,
-    week_start_ns,
 )
+from bench.eval_week import WeekConfig, plan_faults, simulate, week_start_ns
 from devices.registry import Registry, Series, parse_registry
 from devices.simulator import FAULT_KINDS, FaultKind, FaultSpec
 from ingest.batch import AnomalyFlag, ReadingBatch
@@ -275,6 +285,51 @@ def test_false_alarms_count_union_events_per_sensor_week() -> None:
         false_alarm_rate(trace, n_series=0, weeks=1.0)
 
 
+# --- settlement, agreement -------------------------------------------------------------------
+
+
+def test_settlement_is_caught_by_shift_or_step_soon_after_it_completes() -> None:
+    # A rise over [10, 13) min that stays; SHIFT on series 0 at 13.5 min, STEP on series 1
+    # at 12 min (during the rise: a negative delay), SPIKE only on series 2, and SHIFT on
+    # series 3 two minutes after the completion: too late for a one-minute deadline.
+    ts = [m * MIN for m in (5, 12, 13.5, 15)]
+    trace = _trace(
+        [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4,
+        [int(t) for t in ts] * 4,
+        _rows((0, 0, SHIFT, SHIFT), (0, STEP, 0, 0), (0, SPIKE, 0, 0), (0, 0, 0, SHIFT)),
+    )
+    windows = [Window(s, "settlement", 10 * MIN, 13 * MIN) for s in range(4)]
+    assert detection_span(windows[0], grace_ns=MIN, slack_ns=HOUR) == (10 * MIN, 14 * MIN)
+    score = score_recall(trace, windows, grace_ns=MIN)["settlement"]
+    assert (score.windows, score.detected, score.detected_any) == (4, 2, 3)
+    assert sorted(score.delays_ns) == [-MIN, MIN // 2]  # from the completion
+    assert score_recall(trace, windows, grace_ns=HOUR)["settlement"].detected == 3
+    assert MATCHING_KINDS["shift"] == ("settlement",)
+    assert set(MATCHING_KINDS["step"]) == {"step", "settlement"}
+    precision = score_precision(trace, windows, grace_ns=MIN)
+    assert (precision["shift"].events, precision["shift"].true_events) == (2, 1)
+    assert (precision["step"].events, precision["step"].true_events) == (1, 1)
+
+
+def test_jaccard_of_flag_sets_leaves_range_out_and_pools_runs() -> None:
+    a = np.array([SPIKE | STEP, 0, RATE, int(AnomalyFlag.RANGE), 0], dtype=np.int32)
+    b = np.array([SPIKE, 0, RATE | GAP, 0, DRIFT], dtype=np.int32)
+    # Elements (row, bit): both have (0, spike) and (2, rate); either adds (0, step),
+    # (2, gap) and (4, drift). RANGE is the harness's, not the check's.
+    one = flag_agreement(a, b)
+    assert (one.common, one.either) == (2, 5)
+    assert one.jaccard == pytest.approx(0.4)
+    assert flag_agreement(a, a).jaccard == 1.0
+    empty = flag_agreement(np.zeros(3, np.int32), np.zeros(3, np.int32))
+    assert (empty.either, empty.jaccard) == (0, 1.0)  # nothing flagged: full agreement
+    pooled = Agreement()
+    for part in (one, Agreement(8, 8), empty):
+        pooled.add(part)
+    assert pooled.jaccard == pytest.approx(10 / 13)  # pooled, not a mean of per-run indices
+    with pytest.raises(ValueError, match="different readings"):
+        flag_agreement(a, b[:2])
+
+
 # --- trace ----------------------------------------------------------------------------------
 
 
@@ -317,7 +372,15 @@ def test_fault_plan_is_seeded_and_keeps_faults_apart(registry: Registry) -> None
     again = plan_faults(registry.series, np.random.default_rng(5), start, end, per_kind=3, gaps=2)
     assert plan == again
     counts = {k: sum(f.kind == k for f in plan) for k in FAULT_KINDS}
-    assert counts == {"spike": 3, "drift": 3, "stuck": 3, "step": 3, "gap": 2, "out_of_range": 3}
+    assert counts == {
+        "spike": 3,
+        "drift": 3,
+        "stuck": 3,
+        "step": 3,
+        "gap": 2,
+        "out_of_range": 3,
+        "settlement": 0,
+    }
     by_series: dict[int, list[FaultSpec]] = {}
     for f in plan:
         assert f.series is not None
@@ -342,6 +405,120 @@ def test_fault_plan_refuses_what_does_not_fit(registry: Registry) -> None:
         plan_faults(registry.series, np.random.default_rng(1), 0, DAY, per_kind=1, gaps=0)
 
 
+# --- arrival patterns -----------------------------------------------------------------------
+
+DEVICES = 3
+
+
+def _stream(rng: np.random.Generator, fast: bool = False) -> tuple[npt.NDArray[np.int64], ...]:
+    """Readings of three devices with two series each and their own phases: device 0 every
+    10 s (every 10 ms if ``fast``), device 1 every 10 s, device 2 every 60 s; two hours from
+    a start at 00:00 UTC + 10 min; sorted by (series, ts) as a run's readings are."""
+    start = 10 * MIN
+    periods = [10_000_000 if fast else 10 * NS, 10 * NS, 60 * NS]
+    ts_cols, series_cols, dev_cols, per_cols = [], [], [], []
+    for d, period in enumerate(periods):
+        phase = int(rng.integers(0, period // 1000)) * 1000
+        end = start + (20 * NS if fast and d == 0 else 2 * HOUR)
+        ts = np.arange(start + phase, end, period, dtype=np.int64)
+        for k in range(2):
+            keep = rng.random(len(ts)) > 0.05  # a few gaps, as out-of-range readings leave
+            ts_cols.append(ts[keep])
+            series_cols.append(np.full(int(keep.sum()), 2 * d + k, np.int64))
+            dev_cols.append(np.full(int(keep.sum()), d, np.int64))
+            per_cols.append(np.full(int(keep.sum()), period, np.int64))
+    return (
+        np.concatenate(ts_cols),
+        np.concatenate(series_cols),
+        np.concatenate(dev_cols),
+        np.concatenate(per_cols),
+        np.array([start], np.int64),
+    )
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_pattern_feeds_every_reading_once_in_time_order_per_series(
+    pattern: Pattern, fast: bool
+) -> None:
+    ts, series, device, period, start = _stream(np.random.default_rng(7), fast)
+    for tick in (10 * NS, 0):
+        feed = arrange(
+            pattern,
+            ts_ns=ts,
+            series=series,
+            device=device,
+            period_ns=period,
+            start_ns=int(start[0]),
+            rng=np.random.default_rng(1),
+            arrivals=Arrivals(live_tick_ns=tick),
+        )
+        assert np.array_equal(np.sort(feed.order), np.arange(len(ts)))  # each exactly once
+        batch_of = np.repeat(np.arange(len(feed)), np.diff(feed.bounds))
+        assert (np.diff(feed.bounds) > 0).all()  # no empty batches
+        for s in range(2 * DEVICES):
+            mine = series[feed.order] == s
+            arrival = ts[feed.order][mine]
+            assert (np.diff(arrival) > 0).all(), (pattern, s)  # in time order
+            assert (np.diff(batch_of[mine]) >= 0).all()
+        sizes = np.diff(feed.bounds)
+        batches = [feed.order[a:b] for a, b in itertools.pairwise(feed.bounds.tolist())]
+        if pattern == "backlog":
+            assert len(feed) == 1
+        elif pattern == "hour":
+            assert len(feed) == 3  # 00:10-01:00, 01:00-02:00, 02:00-02:10
+            assert all(len(set((ts[b] // HOUR).tolist())) == 1 for b in batches)
+        elif pattern == "minutes":
+            assert all(int(ts[b].max() - ts[b].min()) < 10 * MIN for b in batches)
+            assert 12 <= len(feed) <= 25
+        elif pattern == "live" and tick == 0:  # one message: one device, one timestamp
+            assert all(len(set(ts[b].tolist())) == 1 for b in batches)
+            assert all(len(set(device[b].tolist())) == 1 for b in batches)
+            assert sizes.max() <= 2
+        elif pattern == "live":  # one tick: each series at most once
+            if not fast:
+                assert all(len(set(series[b].tolist())) == len(b) for b in batches)
+            assert all(len(set((ts[b] // tick).tolist())) == 1 for b in batches)
+        elif pattern == "blocks":
+            fast_batches = [b for b in batches if (period[b] < NS).any()]
+            for b in fast_batches:  # one block of one fast device
+                assert (period[b] < NS).all()
+                assert len(set(device[b].tolist())) == 1
+                assert len(set(ts[b].tolist())) <= 100
+            for b in batches:  # the rest as in live
+                if (period[b] >= NS).all():
+                    assert len(set(series[b].tolist())) == len(b)
+            if fast:  # 20 s of device 0 at 100 Hz: 2,000 timestamps in 20 blocks
+                assert len(fast_batches) == 20
+
+
+def test_blocks_without_fast_devices_is_live() -> None:
+    ts, series, device, period, start = _stream(np.random.default_rng(3))
+    feeds = [
+        arrange(
+            p,
+            ts_ns=ts,
+            series=series,
+            device=device,
+            period_ns=period,
+            start_ns=int(start[0]),
+            rng=np.random.default_rng(1),
+        )
+        for p in ("live", "blocks")
+    ]
+    assert np.array_equal(feeds[0].order, feeds[1].order)
+    assert np.array_equal(feeds[0].bounds, feeds[1].bounds)
+
+
+def test_batches_come_in_the_order_they_complete() -> None:
+    # Key 1 holds readings at 5 and 30, key 0 at 10 and 20: key 0 completes first.
+    feed = batch_feed(_i64([1, 0, 0, 1]), _i64([5, 10, 20, 30]), _i64([0, 1, 1, 0]))
+    assert feed.order.tolist() == [1, 2, 0, 3]
+    assert feed.bounds.tolist() == [0, 2, 4]
+    empty = batch_feed(_i64([]), _i64([]), _i64([]))
+    assert (len(empty), list(empty.batches())) == (0, [])
+
+
 # --- harness with stand-in checks -----------------------------------------------------------
 
 
@@ -352,7 +529,7 @@ class RecordingCheck:
     def __init__(self, series: Sequence[Series]) -> None:
         self.series = list(series)
         self.last = np.full(len(series), np.nan)
-        self.last_ts = -1
+        self.last_ts = np.full(len(series), -1, dtype=np.int64)
         self.batches: list[ReadingBatch] = []
 
     def check(self, batch: ReadingBatch) -> None:
@@ -362,16 +539,35 @@ class RecordingCheck:
         lo = np.array([s.minimum for s in self.series])[batch.series]
         hi = np.array([s.maximum for s in self.series])[batch.series]
         assert ((batch.values >= lo) & (batch.values <= hi)).all()
-        assert int(batch.ts_ns.min()) > self.last_ts  # batches in time order
         assert np.all(np.diff(batch.ts_ns) >= 0)
-        assert int(batch.ts_ns.max() - batch.ts_ns.min()) < 10 * MIN
-        self.last_ts = int(batch.ts_ns.max())
         for i in range(len(batch)):  # fine for a stand-in; the real check is vectorised
             s = int(batch.series[i])
+            assert int(batch.ts_ns[i]) > self.last_ts[s]  # each series in time order
             if batch.values[i] == self.last[s]:
                 batch.flags[i] |= np.int32(AnomalyFlag.STUCK)
             self.last[s] = batch.values[i]
+            self.last_ts[s] = int(batch.ts_ns[i])
         self.batches.append(batch)
+
+
+class RepeatCheck:
+    """The same repeat rule, vectorised and independent of batching (for whole runs)."""
+
+    def __init__(self, series: Sequence[Series]) -> None:
+        self.last = np.full(len(series), np.nan)
+
+    def check(self, batch: ReadingBatch) -> None:
+        order = np.lexsort((batch.ts_ns, batch.series))
+        s, v = batch.series[order], batch.values[order]
+        first = np.ones(len(s), dtype=bool)
+        first[1:] = s[1:] != s[:-1]
+        prev = np.roll(v, 1)
+        prev[first] = self.last[s[first]]
+        flags = np.zeros(len(v), np.int32)
+        flags[order] = np.where(v == prev, np.int32(AnomalyFlag.STUCK), 0)
+        batch.flags |= flags
+        last = np.append(first[1:], True)
+        self.last[s[last]] = v[last]
 
 
 class OracleCheck:
@@ -403,14 +599,11 @@ class OracleCheck:
             batch.flags[i] |= np.int32(self.truth.get((s, t), 0))
 
 
-def _small_run(
-    registry: Registry, faults: Sequence[FaultSpec], start: int
-) -> tuple[Readings, npt.NDArray[np.float64]]:
-    data = simulate(registry, 7, start, start + DAY, faults, np.random.default_rng(0))
-    return data, data.values
+def _small_run(registry: Registry, faults: Sequence[FaultSpec], start: int) -> Readings:
+    return simulate(registry, 7, start, start + DAY, faults, np.random.default_rng(0))
 
 
-def test_harness_feeds_batches_as_the_service_would(registry: Registry) -> None:
+def test_harness_feeds_every_pattern_as_the_service_would(registry: Registry) -> None:
     start = week_start_ns(dt.date(2025, 1, 13))
     g1_strain = registry.series[0]
     faults = [
@@ -418,30 +611,42 @@ def test_harness_feeds_batches_as_the_service_would(registry: Registry) -> None:
         FaultSpec("out_of_range", 2, start + 6 * HOUR, 20 * MIN),
         FaultSpec("gap", 3, start + 8 * HOUR, 30 * MIN),
     ]
-    data, values = _small_run(registry, faults, start)
+    data = _small_run(registry, faults, start)
     made: list[RecordingCheck] = []
 
     def factory(series: Sequence[Series]) -> RecordingCheck:
         made.append(RecordingCheck(series))
         return made[-1]
 
-    result = run_check(registry, data, factory, start, np.random.default_rng(1))
-    [check] = made
-    assert result.batches == len(check.batches) > 100
-    assert all(len(set(b.series.tolist())) > 1 for b in check.batches)  # series interleaved
-    quarantined = (result.trace.flags & AnomalyFlag.RANGE) != 0
-    assert result.checked == len(data.series) - int(quarantined.sum())
+    patterns: tuple[Pattern, ...] = ("live", "blocks", "minutes", "backlog")
+    runs = run_patterns(
+        registry.series, data, factory, patterns, start_ns=start, rng=np.random.default_rng(1)
+    )
+    assert len(made) == 3  # a fresh check per pattern; blocks is live here and reused
+    assert runs["blocks"] is runs["live"]
+    live, minutes, backlog = made
+    assert runs["live"].batches == len(live.batches) == 8640  # one 10 s tick each
+    assert all(len(set(b.series.tolist())) == len(b) for b in live.batches)
+    assert len(backlog.batches) == 1
+    assert all(len(set(b.series.tolist())) > 1 for b in minutes.batches)  # interleaved
     oor = data.labels == _code("out_of_range")
     assert oor.any()
-    assert np.array_equal(quarantined, oor)
+    stuck_labelled = data.labels == _code("stuck")
+    for pattern in patterns:
+        run = runs[pattern]
+        quarantined = (run.trace.flags & AnomalyFlag.RANGE) != 0
+        assert np.array_equal(quarantined, oor)
+        assert run.checked == len(data.series) - int(oor.sum())
+        stuck = (run.trace.flags & AnomalyFlag.STUCK) != 0
+        assert (stuck & stuck_labelled).sum() >= stuck_labelled.sum() - 1
+        assert np.all(data.values[stuck] == data.values[np.flatnonzero(stuck) - 1])
     # The gap's samples are not there at all.
     gap = (data.series == 3) & (data.ts_ns >= start + 8 * HOUR) & (data.ts_ns < start + 8.5 * HOUR)
     assert not gap.any()
-    # The stand-in's flags come back on the right samples: the stuck window of g1/strain.
-    stuck = (result.trace.flags & AnomalyFlag.STUCK) != 0
-    labelled = data.labels == _code("stuck")
-    assert (stuck & labelled).sum() >= labelled.sum() - 1  # all but the first frozen value
-    assert np.all(values[stuck] == values[np.flatnonzero(stuck) - 1])
+    # A repeat rule that sees each series in time order flags the same in every pattern.
+    pairs = agreements(runs)
+    assert len(pairs) == 6
+    assert all(a.jaccard == 1.0 and a.either > 0 for a in pairs.values())
 
 
 def test_an_oracle_scores_perfectly(registry: Registry) -> None:
@@ -459,39 +664,95 @@ def test_an_oracle_scores_perfectly(registry: Registry) -> None:
         grace_ns=6 * HOUR,
     )
     windows = [Window.of(f) for f in faults]
-    faulty, _ = _small_run(registry, faults, start)
+    faulty = _small_run(registry, faults, start)
     oracle = OracleCheck(faulty, [f for f in faults if f.kind == "gap"])
-    trace = run_check(registry, faulty, lambda _: oracle, start, np.random.default_rng(2)).trace
-    recall = score_recall(trace, windows, grace_ns=6 * HOUR)
-    precision = score_precision(trace, windows)
-    for kind in ("spike", "stuck", "step", "drift", "out_of_range", "gap"):
-        assert recall[kind].recall == 1.0, kind
-    for name in ("spike", "stuck", "step", "drift", "range", "gap"):
-        assert precision[name].precision == 1.0, name
-    clean, _ = _small_run(registry, [], start)
-    quiet = run_check(registry, clean, lambda _: OracleCheck(clean, []), start, rng).trace
+    runs = run_patterns(
+        registry.series, faulty, lambda _: oracle, ("minutes", "hour"), start_ns=start, rng=rng
+    )
+    for run in runs.values():
+        recall = score_recall(run.trace, windows, grace_ns=6 * HOUR)
+        precision = score_precision(run.trace, windows)
+        for kind in ("spike", "stuck", "step", "drift", "out_of_range", "gap"):
+            assert recall[kind].recall == 1.0, kind
+        for name in ("spike", "stuck", "step", "drift", "range", "gap"):
+            assert precision[name].precision == 1.0, name
+    assert agreements(runs)[("minutes", "hour")].jaccard == 1.0
+    clean = _small_run(registry, [], start)
+    quiet = run_patterns(
+        registry.series, clean, lambda _: OracleCheck(clean, []), ("hour",), start_ns=start, rng=rng
+    )["hour"].trace
     assert false_alarm_rate(quiet, len(registry.series), 1 / 7) == 0.0
 
 
-def test_evaluate_reports_every_figure(registry: Registry) -> None:
+def test_high_rate_records_carry_settlement_step_and_drift() -> None:
+    config = HighRateConfig(record_ns=10 * MIN)
+    from devices.registry import parse_registry as parse
+
+    hr = parse(config.registry_yaml, "test")
+    monday = week_start_ns(dt.date(2025, 5, 12))
+    records = plan_records(hr, 4, monday, config)
+    assert [r.kind for r in records] == ["clean", "settlement", "step"]
+    assert records == plan_records(hr, 4, monday, config)  # seeded
+    clean, settled, stepped = records
+    assert clean.faults == ()
+    assert {f.kind for f in settled.faults} == {"settlement"}
+    assert len({f.series for f in settled.faults}) == 3  # every gauge
+    assert {f.kind for f in stepped.faults} == {"step", "drift"}
+    for r in records:
+        local_hour = (r.start_ns - monday) % DAY // HOUR
+        assert 7 <= local_hour < 16
+        for f in r.faults:
+            assert r.start_ns <= f.start_ns < f.end_ns <= r.start_ns + config.record_ns
+            assert f.absolute
+    [step] = [f for f in stepped.faults if f.kind == "step"]
+    assert 3.0 <= abs(step.magnitude) <= 8.0
+    data = simulate_record(hr, stepped, config)
+    assert len(data.series) == 6 * 60_000  # six series at 100 Hz for ten minutes
+    assert (np.diff(data.ts_ns[data.series == step.series]) == 10_000_000).all()
+
+
+def test_evaluate_reports_both_seed_sets_and_every_pattern(registry: Registry) -> None:
     config = EvalConfig(
         seeds=(4,),
-        days=1,
-        per_kind=1,
-        gaps=1,
-        lead_ns=2 * HOUR,
-        margin_ns=HOUR,
-        grace_ns=6 * HOUR,
-        registry_yaml=SMALL_REGISTRY,
+        held_out=(5,),
+        week=WeekConfig(
+            days=1,
+            per_kind=1,
+            gaps=1,
+            lead_ns=2 * HOUR,
+            margin_ns=HOUR,
+            grace_ns=6 * HOUR,
+            # Coarse live ticks keep the test quick; the patterns' batching is tested above.
+            arrivals=Arrivals(live_tick_ns=60 * NS),
+            registry_yaml=SMALL_REGISTRY,
+        ),
+        high_rate=HighRateConfig(record_ns=3 * MIN, arrivals=Arrivals(live_tick_ns=NS)),
+        workers=1,
     )
-    report = evaluate(config, RecordingCheck)
-    figures = json.loads(json.dumps(report.to_json()))
-    assert set(figures["recall"]) >= {"spike", "stuck", "step", "drift", "out_of_range"}
-    assert figures["recall"]["out_of_range"] == 1.0  # the quarantine catches it
-    assert figures["series"] == len(registry.series)
-    assert figures["seeds"] == [4]
+    report = evaluate(config, RepeatCheck)
+    figures = json.loads(json.dumps(report_json(report)))
+    assert set(figures) == {"tuning", "held_out", "targets_met", "seconds"}
     assert figures["targets_met"] is False  # a repeat detector finds no spikes
-    assert figures["false_alarms_per_sensor_week"] >= 0.0
+    for name, seeds in (("tuning", [4]), ("held_out", [5])):
+        part = figures[name]
+        assert part["seeds"] == seeds
+        assert part["series"] == len(registry.series)
+        assert set(part["patterns"]) == set(PATTERNS)
+        for p in PATTERNS:
+            assert part["patterns"][p]["recall"]["out_of_range"] == 1.0  # the quarantine
+            assert part["patterns"][p]["false_alarms_per_sensor_week"] >= 0.0
+        assert set(part["jaccard"].values()) == {1.0}
+        assert part["high_rate"]["records"] == 3
+        assert set(part["high_rate"]["patterns"]) == set(PATTERNS)
     text = format_report(report)
-    for word in ("spike", "out_of_range", "False alarms per sensor-week", "Targets met: no"):
+    for word in (
+        "Held-out seeds 5",
+        "out_of_range",
+        "false alarms/sensor-week",
+        "Flag agreement",
+        "High-rate records",
+        "settlement",
+        "Targets (issue 12) on the held-out seeds",
+        "All targets met: no",
+    ):
         assert word in text

@@ -376,6 +376,8 @@ def test_faults_change_values_as_specified_and_are_labelled(
     clean, clean_labels = clean_sim.series_values(strain, ts)
     values, labels = sim.series_values(strain, ts)
     window = (ts >= start) & (ts < start + duration)
+    if kind == "settlement":  # the one kind that outlasts its window
+        window = ts >= start
     code = FAULT_KINDS.index(kind) + 1
     assert (clean_labels == 0).all()
     np.testing.assert_array_equal(values[~window], clean[~window])
@@ -400,6 +402,12 @@ def test_faults_change_values_as_specified_and_are_labelled(
         assert np.unique(clean[window]).size > 100
     elif kind == "step":
         np.testing.assert_allclose(values[window] - clean[window], amount, atol=0.011)
+    elif kind == "settlement":
+        rise = values[window] - clean[window]
+        assert np.all(np.diff(rise) >= -0.011)  # monotone, up to the rounding
+        ramp = ts[window] < start + duration
+        assert abs(rise[0]) <= 0.011
+        np.testing.assert_allclose(rise[~ramp], amount, atol=0.011)  # it stays
     elif kind == "gap":
         assert np.isnan(values[window]).all()
     elif kind == "out_of_range":
@@ -424,6 +432,70 @@ def test_faulty_values_stay_in_range_except_out_of_range(
     assert oor.sum() == 60
     assert (values[oor] < crack.minimum).all()
     assert ((values[~oor] >= crack.minimum) & (values[~oor] <= crack.maximum)).all()
+
+
+def test_settlement_and_step_in_microstrain_on_a_quiet_gauge_at_100_hz(
+    registry: Registry, topics: TopicScheme
+) -> None:
+    strain = _series(registry, "b1-wittekind", "gw1", "g2/strain")
+    onset = TUESDAY_9 + 5 * MIN
+    faults = [
+        FaultSpec("step", strain.index, onset, 10 * MIN, magnitude=-4.0, absolute=True),
+        FaultSpec("settlement", strain.index, onset + 20 * MIN, 3 * MIN, 30.0, absolute=True),
+    ]
+    quiet = {strain.index: 0.5}
+    clean_sim = Simulator(registry, topics, seed=2, start_ns=TUESDAY_9, sensor_noise=quiet)
+    sim = Simulator(registry, topics, seed=2, start_ns=TUESDAY_9, faults=faults, sensor_noise=quiet)
+    ts = _grid(TUESDAY_9, 40 * 60 * 100, 10_000_000)  # 40 minutes at 100 Hz
+    clean, _ = clean_sim.series_values(strain, ts)
+    values, labels = sim.series_values(strain, ts)
+    diff = values - clean
+    step = (ts >= onset) & (ts < onset + 10 * MIN)
+    np.testing.assert_allclose(diff[step], -4.0, atol=0.011)
+    assert (labels[step] == FAULT_KINDS.index("step") + 1).all()
+    settled = ts >= onset + 23 * MIN
+    np.testing.assert_allclose(diff[settled], 30.0, atol=0.011)
+    assert (labels[ts >= onset + 20 * MIN] == FAULT_KINDS.index("settlement") + 1).all()
+    assert FAULT_KINDS[-1] == "settlement"  # appended: older label codes keep their values
+    # The quiet gauge: residual noise of 0.5 ue (lorries aside, whose transients are
+    # smooth, so the sample-to-sample difference shows the noise: sqrt(2) x 0.5).
+    loud = Simulator(registry, topics, seed=2, start_ns=TUESDAY_9).series_values(strain, ts)[0]
+    quiet_sd = float(np.median(np.abs(np.diff(clean)))) / 0.6745 / np.sqrt(2)
+    loud_sd = float(np.median(np.abs(np.diff(loud)))) / 0.6745 / np.sqrt(2)
+    assert 0.4 < quiet_sd < 0.6
+    assert quiet_sd < loud_sd or loud_sd < 0.6
+    school = _series(registry, "gs-nord", "r102", "co2")
+    with pytest.raises(ValueError, match="bridge series"):
+        Simulator(registry, topics, start_ns=TUESDAY_9, sensor_noise={school.index: 1.0})
+
+
+def test_classroom_thermometer_and_hygrometer_resolution(
+    registry: Registry, topics: TopicScheme
+) -> None:
+    sim = Simulator(registry, topics, seed=3, start_ns=MONDAY)
+    ts = _grid(MONDAY, 7 * 1440, MIN)
+    dev = registry.device("gs-nord", "r102")
+    assert dev is not None
+    values = sim.device_values(dev, ts)
+    temperature, humidity = values["temperature"][0], values["humidity"][0]
+    np.testing.assert_allclose(temperature * 10, np.round(temperature * 10), atol=1e-9)
+    np.testing.assert_allclose(humidity * 2, np.round(humidity * 2), atol=1e-9)
+    assert {len(repr(float(x)).split(".")[1]) for x in temperature} <= {1}  # 21.3, not 21.30001
+    # A quiet night holds one value for many minutes, without any fault.
+    night = (_local_minute(ts) < 300) & (np.arange(len(ts)) < 1440)
+    held = np.concatenate([[0], np.flatnonzero(np.diff(temperature[night]) != 0) + 1])
+    assert np.diff(held).max() >= 10
+    # Bridge temperature keeps its finer decimals.
+    deck = _series(registry, "b1-wittekind", "gw1", "deck/temperature")
+    bridge = sim.series_values(deck, ts[:600])[0]
+    assert not np.allclose(bridge * 10, np.round(bridge * 10))
+    # A stuck classroom sensor freezes at a value it could report.
+    temp = dev.series["temperature"]
+    stuck = FaultSpec("stuck", temp.index, MONDAY + HOUR + 17 * NS, HOUR)
+    frozen = Simulator(registry, topics, seed=3, start_ns=MONDAY, faults=[stuck])
+    v = frozen.series_values(temp, ts[61:120])[0]
+    assert np.unique(v).size == 1
+    assert float(v[0] * 10) == pytest.approx(round(float(v[0]) * 10))
 
 
 def test_fault_for_all_series_and_school_faults(registry: Registry, topics: TopicScheme) -> None:
