@@ -43,7 +43,7 @@ from ingest.anomaly.arrays import (
 )
 from ingest.anomaly.drift import Drift
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
-from ingest.anomaly.segments import EPOCH_NS, SegmentTrack, running_max_before
+from ingest.anomaly.segments import EPOCH_NS, SegmentTrack, Trail, running_max_before
 from ingest.batch import AnomalyFlag, ReadingBatch
 
 T = TypeVar("T", bound=np.generic)
@@ -51,6 +51,7 @@ T = TypeVar("T", bound=np.generic)
 SEGMENT = 48  # readings per segment at least: enough for a median and a MAD
 SEGMENT_MAX = 1 << 15
 CHUNK = 1 << 20  # readings judged in one piece
+SMOOTH_S = 1.0  # at high rates a level is judged by the mean of its last second
 STEEL_UE_PER_K = 12.0  # DOMAIN.md: 12.2 for steel, about 10 for concrete
 NO_TIME = np.iinfo(np.int64).min
 _SHARED_NS = 10 * 1_000_000_000
@@ -149,6 +150,9 @@ class Detectors:
         # change must show in both, or a faulty thermometer would move the gauge.
         self.track = SegmentTrack(self.width, self.floor)
         self.raw = SegmentTrack(self.width, self.floor)
+        self.smooth = np.array([max(1, round(SMOOTH_S / i)) for i in interval], dtype=np.int64)
+        self.trail = Trail(self.smooth)
+        self.raw_trail = Trail(self.smooth)
         self.first_ts = np.full(n, NO_TIME, dtype=np.int64)
         self.last_ts = np.full(n, NO_TIME, dtype=np.int64)
         self.last_value = np.full(n, np.nan)
@@ -159,6 +163,8 @@ class Detectors:
         self.onset_eff = np.zeros(n)  # ... to which level, by how much
         self.onset_jump = np.zeros(n)
         self.onset_moves = np.zeros(n, dtype=np.int64)  # readings off that level since
+        self.onset_before = np.zeros(n)  # the level before the run began
+        self.onset_alone = np.zeros(n, dtype=bool)  # no neighbour moved at its start
         self.odd = np.zeros(n, dtype=bool)  # did the last reading change oddly?
         self.dev_ts = np.full(n, NO_TIME, dtype=np.int64)  # last reading beyond _SHARED_Z
         # Longest recent flat runs as log(length) + time / tau, so "the longest, fading
@@ -236,18 +242,56 @@ class Detectors:
         seg = self.track.advance(s, t, eff)
         z, sigma = seg.z, seg.sigma
         paired = np.flatnonzero(self.coef[s] > 0)
-        if len(paired):
-            zr = self.raw.advance(s[paired], t[paired], v[paired]).z
-            ze = z[paired]
-            z[paired] = np.where(np.sign(ze) == np.sign(zr), ze, 0.0) * np.minimum(
-                1.0, np.abs(zr) / np.maximum(np.abs(ze), 1e-300)
-            )
+        raw = self.raw.advance(s[paired], t[paired], v[paired]) if len(paired) else None
+        if raw is not None:
+            z[paired] = _both(z[paired], raw.z)
         absz = np.abs(z)
         scores = np.maximum(ratio, absz / rep(self.spike_z)).astype(np.float32)
+        prev_eff = np.empty(n)
+        prev_eff[1:] = eff[:-1]
+        prev_eff[starts] = self.last_eff[uniq]
+
+        # Whether a level holds is judged a second at a time at high rates (one reading at
+        # 100 Hz is mostly noise), a reading at a time below.
+        level_z = absz.copy()
+        level_sign = np.sign(z)
+        level_eff = eff.copy()
+        level_before = prev_eff.copy()
+        level_sigma = sigma.copy()
+        shift_z = absz.copy()
+        fast_rows = np.flatnonzero(self.smooth[s] > 1)
+        if len(fast_rows):
+            fs = s[fast_rows]
+            now, before = self.trail.means(fs, eff[fast_rows])
+            ref = seg.median(fast_rows)
+            # The noise of a second's mean: a reading's, over the square root of how many.
+            spread = np.maximum(sigma[fast_rows] / np.sqrt(self.smooth[fs]), self.floor[fs])
+            with np.errstate(invalid="ignore"):
+                zm = np.where(np.isfinite(ref), (now - ref) / spread, 0.0)
+            level_sigma[fast_rows] = spread
+            hit = np.isin(paired, fast_rows)
+            if raw is not None and hit.any():
+                rows = np.flatnonzero(np.isin(fast_rows, paired))
+                raw_now, _ = self.raw_trail.means(s[paired[hit]], v[paired[hit]])
+                rref = raw.table.median[raw.row[hit]]
+                raw_spread = np.maximum(
+                    raw.sigma[hit] / np.sqrt(self.smooth[s[paired[hit]]]),
+                    self.floor[s[paired[hit]]],
+                )
+                with np.errstate(invalid="ignore"):
+                    zr = np.where(np.isfinite(rref), (raw_now - rref) / raw_spread, 0.0)
+                zm[rows] = _both(zm[rows], zr)
+            level_z[fast_rows] = np.abs(zm)
+            # A structural shift is judged on a reading's own scale: a creep of a
+            # microstrain a minute stands many second-means out, but it is a drift.
+            shift_z[fast_rows] = np.abs(zm) * spread / sigma[fast_rows]
+            level_sign[fast_rows] = np.sign(zm)
+            level_eff[fast_rows] = now
+            level_before[fast_rows] = before
 
         # Deviation runs: consecutive readings beyond step_z on one side of the reference.
-        d = np.flatnonzero(absz > rep(self.step_z))
-        ds, dsign = s[d], np.sign(z[d]).astype(np.int64)
+        d = np.flatnonzero(level_z > rep(self.step_z))
+        ds, dsign = s[d], level_sign[d].astype(np.int64)
         at_start = first[d]
         follows = np.where(at_start, np.sign(self.dev_run[ds]) == dsign, neighbours(d, first))
         follows[1:] &= at_start[1:] | (dsign[1:] == dsign[:-1])
@@ -256,14 +300,10 @@ class Detectors:
         # not (a settlement builds up; a lesson fills a room), and whether another series
         # of the bridge or room moved with it then (a lorry, an opened window).
         onset = d[head]
-        prev_eff = np.empty(n)
-        prev_eff[1:] = eff[:-1]
-        prev_eff[starts] = self.last_eff[uniq]
         with np.errstate(invalid="ignore"):
             jump = np.abs(eff - prev_eff) / sigma
             # A paired gauge moved only if its reading moved too, not just its thermometer.
             jump[paired] = np.where(dv[paired] > _SHARED_Z * sigma[paired], jump[paired], 0.0)
-        jumped = jump[onset] > self.step_z[ds]
         # While the level moves (CO2 through a lesson) its sigma is wide, but the change
         # from one reading to the next stays regular: a change far beyond the usual ones,
         # not following another such change (the way back), is a spike too.
@@ -285,17 +325,33 @@ class Detectors:
         shared_at = np.zeros(len(d), dtype=bool)
         shared_at[~carried] = shared
         # A sensor's step is a jump to a new level that then holds; in an opened window the
-        # reading keeps moving after its first jump.
-        level = np.where(carried, self.onset_eff[ds], eff[onset])
-        size = np.where(carried, self.onset_jump[ds], np.abs(eff[onset] - prev_eff[onset]))
-        moved = np.abs(eff[d] - level) > 0.5 * size
+        # reading keeps moving after its first jump. The new level is read where the run
+        # is as long as the level's window (its first reading below 1 Hz, a second into it
+        # at 100 Hz, once the second's mean has taken the jump in whole).
+        k = np.arange(len(d))
+        span = self.smooth[ds]
+        carry = np.where(carried, np.abs(self.dev_run[ds]), 0)
+        at = head + span - 1 - carry  # the anchor's place in d, if it is in this batch
+        before_batch = at < head
+        reached = before_batch | (k >= at)
+        a = d[np.clip(at, 0, max(len(d) - 1, 0))]
+        old_level = np.where(carried, self.onset_before[ds], level_before[onset])
+        level = np.where(before_batch, self.onset_eff[ds], level_eff[a])
+        size = np.where(before_batch, self.onset_jump[ds], np.abs(level - old_level))
+        alone = np.where(carried, self.onset_alone[ds], ~shared_at[head])
+        with np.errstate(invalid="ignore"):
+            jumped = size > self.step_z[ds] * level_sigma[a]
+        # A paired gauge jumped only if its reading jumped too, not just its thermometer.
+        jumped &= ~np.isin(a, paired) | (dv[a] > _SHARED_Z * sigma[a]) | (span > 1)
+        moved = reached & (k > at) & (np.abs(level_eff[d] - level) > 0.5 * size)
         moves = np.cumsum(moved)
         moves -= (moves - moved)[head]
         moves += np.where(carried, self.onset_moves[ds], 0)
         # One reading off the new level (a lorry on top of it) does not undo a step.
-        lone_jump = np.where(carried, self.abrupt[ds], jumped & ~shared_at[head]) & (moves < 2)
+        first_lone = jumped & alone
+        lone_jump = reached & np.where(before_batch, self.abrupt[ds], first_lone) & (moves < 2)
         step = (dev_len >= self.step_need[ds]) & lone_jump
-        shift = (dev_len >= self.shift_need[ds]) & (absz[d] > self.shift_z[ds]) & ~lone_jump
+        shift = (dev_len >= self.shift_need[ds]) & (shift_z[d] > self.shift_z[ds]) & ~lone_jump
         # A spike jumps away from the reading before it, alone, beyond the series' usual
         # excursions; a reading that crept there (a room being aired) is no spike.
         lone = (absz[d] > self.spike_z[ds]) & (dev_len == 1) & ~shared_at
@@ -334,9 +390,11 @@ class Detectors:
         self.dev_run[uniq[in_run]] = dev_len[k] * dsign[k]
         self.abrupt[uniq] = False
         self.abrupt[uniq[in_run]] = lone_jump[k]
-        self.onset_eff[uniq[in_run]] = level[k]
-        self.onset_jump[uniq[in_run]] = size[k]
+        self.onset_eff[uniq[in_run]] = np.where(reached[k], level[k], 0.0)
+        self.onset_jump[uniq[in_run]] = np.where(reached[k], size[k], 0.0)
         self.onset_moves[uniq[in_run]] = moves[k]
+        self.onset_before[uniq[in_run]] = old_level[k]
+        self.onset_alone[uniq[in_run]] = alone[k]
         self.same_run[uniq] = same_len[lasts]
         self.last_ts[uniq] = np.maximum(self.last_ts[uniq], t[lasts])
         self.last_value[uniq] = v[lasts]
@@ -467,7 +525,8 @@ class Detectors:
 
     _STATE = (
         "first_ts", "last_ts", "last_value", "last_eff", "same_run", "dev_run", "abrupt",
-        "onset_eff", "onset_jump", "onset_moves", "odd", "dev_ts", "flat_all", "flat_ok",
+        "onset_eff", "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd",
+        "dev_ts", "flat_all", "flat_ok",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -475,7 +534,9 @@ class Detectors:
         tmp = path.with_suffix(".tmp.npz")
         with self._lock:
             state = {k: getattr(self, k).copy() for k in self._STATE}
-            for prefix, part in (("drift_", self.drift), ("seg_", self.track), ("raw_", self.raw)):
+            parts = (("drift_", self.drift), ("seg_", self.track), ("raw_", self.raw),
+                     ("trail_", self.trail), ("rawtrail_", self.raw_trail))  # fmt: skip
+            for prefix, part in parts:
                 state |= {prefix + k: v for k, v in part.state().items()}
         np.savez(tmp, names=np.array(self.names), **state)
         tmp.replace(path)
@@ -498,10 +559,24 @@ class Detectors:
             self.drift.restore(
                 mine, {k[6:]: data[k][theirs] for k in data.files if k.startswith("drift_")}
             )
-            for prefix, track in (("seg_", self.track), ("raw_", self.raw)):
+            tracks: tuple[tuple[str, SegmentTrack | Trail], ...] = (
+                ("seg_", self.track), ("raw_", self.raw),
+                ("trail_", self.trail), ("rawtrail_", self.raw_trail),
+            )  # fmt: skip
+            for prefix, track in tracks:
                 saved = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
                 track.restore(mine, theirs, saved)
         return len(pairs)
+
+
+def _both(compensated: F64, raw: F64) -> F64:
+    """A gauge deviates only as far as both its compensated and its raw reading do, on the
+    same side: a faulty thermometer moves only the one, a warming deck only the other."""
+    same = np.sign(compensated) == np.sign(raw)
+    out: F64 = np.where(
+        same, np.sign(compensated) * np.minimum(np.abs(compensated), np.abs(raw)), 0.0
+    )
+    return out
 
 
 def _temperature_pairs(series: Sequence[Series]) -> I64:

@@ -209,3 +209,74 @@ def running_max_before(series: I64, key: F64, carry: F64) -> F64:
     filled = np.where(finite, shifted - lo, -0.5)
     acc = np.maximum.accumulate(filled + seg * span) - seg * span
     return np.where(acc < 0, -np.inf, acc + lo)
+
+
+class Trail:
+    """The last ``2 * span`` readings of each series with ``span`` > 1, so that means over
+    the last ``span`` readings (and over the ``span`` before those) carry across batches:
+    at 100 Hz one reading is too noisy to say whether a level holds, a second of them is
+    not."""
+
+    def __init__(self, span: I64) -> None:
+        self.span = span
+        keep = np.where(span > 1, 2 * span, 0)
+        self.keep = keep
+        self.off = np.cumsum(keep) - keep
+        self.buf = np.zeros(int(keep.sum()))
+        self.fill = np.zeros(len(span), dtype=np.int64)
+
+    _STATE = ("fill",)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"fill": self.fill.copy(), "buf": self.buf.copy(), "span": self.span}
+
+    def restore(self, mine: I64, theirs: I64, saved: dict[str, np.ndarray]) -> None:
+        same = saved["span"][theirs] == self.span[mine]
+        self.fill[mine] = np.where(same, saved["fill"][theirs], 0)
+        their_keep = np.where(saved["span"] > 1, 2 * saved["span"], 0)
+        their_off = np.cumsum(their_keep) - their_keep
+        for i, j in zip(mine[same].tolist(), theirs[same].tolist(), strict=True):
+            k = int(self.keep[i])
+            self.buf[self.off[i] : self.off[i] + k] = saved["buf"][their_off[j] : their_off[j] + k]
+
+    def means(self, s: I64, values: F64) -> tuple[F64, F64]:
+        """For ``values`` (sorted by series, then time): the mean of each reading and the
+        span - 1 before it, and the mean of the span readings before those (NaN where the
+        series has not had them). Series with a span of 1 get the value and the one before.
+        Takes the values into the state."""
+        n = len(s)
+        first = np.ones(n, dtype=bool)
+        first[1:] = s[1:] != s[:-1]
+        starts = np.flatnonzero(first)
+        sizes = np.diff(np.append(starts, n))
+        uniq = s[starts]
+        span = np.repeat(self.span[uniq], sizes)
+        fill = self.fill[uniq]
+        ext_len = fill + sizes
+        ext_off = np.cumsum(ext_len) - ext_len
+        ext = np.empty(int(ext_len.sum()))
+        held = int(fill.sum())
+        if held:
+            k = np.arange(held) - np.repeat(np.cumsum(fill) - fill, fill)
+            ext[np.repeat(ext_off, fill) + k] = self.buf[np.repeat(self.off[uniq], fill) + k]
+        pos = np.repeat(ext_off + fill, sizes) + np.arange(n) - np.repeat(starts, sizes)
+        ext[pos] = values
+        # Sums over windows of each series' own readings, from one running sum that
+        # restarts at zero before each series.
+        csum = np.concatenate([[0.0], np.cumsum(ext)])
+        begin = np.repeat(ext_off, sizes)  # the series' first reading here
+        j = pos - begin  # readings of the series before this one, here
+        now_n = np.minimum(span, j + 1)
+        now = (csum[pos + 1] - csum[pos + 1 - now_n]) / now_n
+        has_before = j + 1 >= 2 * span
+        lo = np.where(has_before, pos + 1 - 2 * span, pos)
+        before = np.where(has_before, (csum[pos + 1 - span] - csum[lo]) / span, np.nan)
+        keep = self.keep[uniq]
+        left = np.minimum(ext_len, keep)
+        kept = int(left.sum())
+        if kept:
+            k = np.arange(kept) - np.repeat(np.cumsum(left) - left, left)
+            src = np.repeat(ext_off + ext_len - left, left) + k
+            self.buf[np.repeat(self.off[uniq], left) + k] = ext[src]
+        self.fill[uniq] = left
+        return now, before
