@@ -6,13 +6,14 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics chromium:chromium prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers eval-anomaly bench-anomaly bench-export faults soak clean
+.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers eval-anomaly eval-real real-data bench-anomaly bench-export faults soak clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
 	@echo "make test   - set up and run lint, type checks and the whole test suite"
 	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
-	@echo "make eval-anomaly  - detector precision/recall on labelled simulator traces"
+	@echo "make eval-anomaly  - detector recall and false alarms on simulator traces, in every arrival pattern"
+	@echo "make eval-real     - the anomaly check on real public data (office air, bridge strain)"
 	@echo "make bench-anomaly - the anomaly check's speed against a per-sample reference"
 	@echo "make bench-export  - a year of 1-minute data of a 10-sensor school: export time, peak RSS"
 	@echo "make faults - the full fault suite (broker, database, disk, kills, skew, overload); a table"
@@ -89,9 +90,17 @@ bench: tools sync
 bench-workers: tools sync
 	$(UV) run python -m bench.workers
 
-# Labelled simulator traces with injected faults: precision, recall and F1 per detector.
+# Labelled simulator traces with injected faults, each fed in five arrival patterns:
+# recall, false alarms, and the agreement of the flags between patterns.
 eval-anomaly: sync
 	$(UV) run python -m bench.eval_anomaly
+
+# Real public recordings (bench/data/*/SOURCE.md); `make real-data` fetches them first.
+eval-real: sync
+	$(UV) run python -m bench.eval_real
+
+real-data: sync
+	$(UV) run python -m bench.fetch_real_data
 
 # The anomaly check alone against a per-sample Python implementation of it.
 bench-anomaly: sync

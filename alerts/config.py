@@ -125,6 +125,9 @@ def _default_severity() -> dict[str, Severity | Literal["off"]]:
         "rate": Severity.WARNING,
         "gap": "off",  # the silence rule covers a quiet device
         "drift": Severity.WARNING,
+        # A lasting shift of strain that the temperature does not explain: a support
+        # settling. The engineer on duty must hear of it.
+        "shift": Severity.CRITICAL,
     }
 
 
