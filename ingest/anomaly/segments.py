@@ -68,6 +68,52 @@ class Segments:
         return out
 
 
+class Carried:
+    """Each series' last readings kept between batches, in one flat buffer with a slice of
+    ``size`` per series, and joined in front of the series' readings of the next batch."""
+
+    def __init__(self, size: I64) -> None:
+        self.off = np.cumsum(size) - size
+        self.buf = np.zeros(int(size.sum()))
+        self.fill = np.zeros(len(size), dtype=np.int64)
+
+    def join(self, uniq: I64, sizes: I64, values: F64) -> tuple[F64, I64, I64]:
+        """Each series' kept readings followed by its ``values`` (sorted by series, then
+        time; ``sizes`` readings of each of ``uniq``): the joined array, where each series'
+        part begins, and where each of ``values`` went."""
+        fill = self.fill[uniq]
+        ext_len = fill + sizes
+        ext_off = np.cumsum(ext_len) - ext_len
+        ext = np.empty(int(ext_len.sum()))
+        held = int(fill.sum())
+        if held:
+            k = np.arange(held) - np.repeat(np.cumsum(fill) - fill, fill)
+            ext[np.repeat(ext_off, fill) + k] = self.buf[np.repeat(self.off[uniq], fill) + k]
+        starts = np.cumsum(sizes) - sizes
+        pos = np.repeat(ext_off + fill, sizes) + np.arange(len(values)) - np.repeat(starts, sizes)
+        ext[pos] = values
+        return ext, ext_off, pos
+
+    def keep(self, uniq: I64, ext: F64, ends: I64, left: I64) -> None:
+        """Keep the ``left`` readings of each series' part of ``ext`` that end at ``ends``."""
+        kept = int(left.sum())
+        if kept:
+            k = np.arange(kept) - np.repeat(np.cumsum(left) - left, left)
+            src = np.repeat(ends - left, left) + k
+            self.buf[np.repeat(self.off[uniq], left) + k] = ext[src]
+        self.fill[uniq] = left
+
+    def restore(
+        self, mine: I64, theirs: I64, same: Bool, size: I64, saved: dict[str, np.ndarray]
+    ) -> None:
+        """Take over the kept readings of the series whose slice size did not change."""
+        self.fill[mine] = np.where(same, saved["fill"][theirs], 0)
+        their_off = saved["buf_off"]
+        for i, j in zip(mine[same].tolist(), theirs[same].tolist(), strict=True):
+            w, a, b = int(size[i]), int(self.off[i]), int(their_off[j])
+            self.buf[a : a + w] = saved["buf"][b : b + w]
+
+
 class SegmentTrack:
     """The segment in progress of every series (its readings so far, in one flat buffer
     with a ``width``-long slice per series) and the statistics of the segment before it."""
@@ -76,9 +122,7 @@ class SegmentTrack:
         n = len(width)
         self.width = width
         self.floor = floor
-        self.buf_off = np.cumsum(width) - width
-        self.buf = np.zeros(int(width.sum()))
-        self.fill = np.zeros(n, dtype=np.int64)
+        self.held = Carried(width)
         self.ref_med = np.full(n, np.nan)
         self.ref_sig = np.full(n, np.nan)
         self.ref_step = np.full(n, np.nan)  # median and sigma of reading-to-reading change
@@ -89,22 +133,19 @@ class SegmentTrack:
         self.above_key = np.full(n, -np.inf)
         self.below_key = np.full(n, -np.inf)
 
-    _STATE = ("fill", "ref_med", "ref_sig", "ref_step", "ref_step_sig", "above_key", "below_key")
+    _STATE = ("ref_med", "ref_sig", "ref_step", "ref_step_sig", "above_key", "below_key")
 
     def state(self) -> dict[str, np.ndarray]:
         out = {k: getattr(self, k).copy() for k in self._STATE}
-        return out | {"buf": self.buf.copy(), "buf_off": self.buf_off, "width": self.width}
+        held = {"fill": self.held.fill.copy(), "buf": self.held.buf.copy()}
+        return out | held | {"buf_off": self.held.off, "width": self.width}
 
     def restore(self, mine: I64, theirs: I64, saved: dict[str, np.ndarray]) -> None:
         for k in self._STATE:
             getattr(self, k)[mine] = saved[k][theirs]
         # A series whose segment width changed (a new interval) starts a new segment.
         same = saved["width"][theirs] == self.width[mine]
-        self.fill[mine[~same]] = 0
-        for i, j in zip(mine[same].tolist(), theirs[same].tolist(), strict=True):
-            w = int(self.width[i])
-            a, b = int(self.buf_off[i]), int(saved["buf_off"][j])
-            self.buf[a : a + w] = saved["buf"][b : b + w]
+        self.held.restore(mine, theirs, same, self.width, saved)
 
     def advance(self, s: I64, t: I64, values: F64) -> Segments:
         """Judge ``values`` (sorted by series, then time) and take them into the state."""
@@ -117,16 +158,10 @@ class SegmentTrack:
         inverse = np.repeat(np.arange(len(uniq)), sizes)
         rank = np.arange(n) - np.repeat(starts, sizes)
         width = self.width[uniq]
-        fill = self.fill[uniq]
+        fill = self.held.fill[uniq]
+        ext, ext_off, _ = self.held.join(uniq, sizes, values)
         ext_len = fill + sizes
-        ext_off = np.cumsum(ext_len) - ext_len
-        ext = np.empty(int(ext_len.sum()))
-        held = int(fill.sum())
-        if held:
-            k = np.arange(held) - np.repeat(np.cumsum(fill) - fill, fill)
-            ext[np.repeat(ext_off, fill) + k] = self.buf[np.repeat(self.buf_off[uniq], fill) + k]
         j = fill[inverse] + rank  # each reading's place in its series' sequence here
-        ext[ext_off[inverse] + j] = values
         full = ext_len // width
         base = np.cumsum(full) - full
         rows = np.repeat(np.arange(len(uniq)), full)
@@ -173,13 +208,7 @@ class SegmentTrack:
         self.ref_step_sig[uniq[done]] = dsig[last]
         for keys, upto in sides:
             keys[uniq[done]] = upto[last]
-        left = ext_len - full * width
-        kept = int(left.sum())
-        if kept:
-            k = np.arange(kept) - np.repeat(np.cumsum(left) - left, left)
-            src = np.repeat(ext_off + full * width, left) + k
-            self.buf[np.repeat(self.buf_off[uniq], left) + k] = ext[src]
-        self.fill[uniq] = left
+        self.held.keep(uniq, ext, ext_off + ext_len, ext_len - full * width)
         # A completed segment ends at a reading of this batch (the buffer holds less than a
         # segment): its position, in the sorted batch, is where drift reads its time.
         events = SegmentEvents(ev_s, end, med, sig)
@@ -219,25 +248,16 @@ class Trail:
 
     def __init__(self, span: I64) -> None:
         self.span = span
-        keep = np.where(span > 1, 2 * span, 0)
-        self.keep = keep
-        self.off = np.cumsum(keep) - keep
-        self.buf = np.zeros(int(keep.sum()))
-        self.fill = np.zeros(len(span), dtype=np.int64)
-
-    _STATE = ("fill",)
+        self.size = np.where(span > 1, 2 * span, 0)
+        self.held = Carried(self.size)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"fill": self.fill.copy(), "buf": self.buf.copy(), "span": self.span}
+        held = {"fill": self.held.fill.copy(), "buf": self.held.buf.copy()}
+        return held | {"buf_off": self.held.off, "span": self.span}
 
     def restore(self, mine: I64, theirs: I64, saved: dict[str, np.ndarray]) -> None:
         same = saved["span"][theirs] == self.span[mine]
-        self.fill[mine] = np.where(same, saved["fill"][theirs], 0)
-        their_keep = np.where(saved["span"] > 1, 2 * saved["span"], 0)
-        their_off = np.cumsum(their_keep) - their_keep
-        for i, j in zip(mine[same].tolist(), theirs[same].tolist(), strict=True):
-            k = int(self.keep[i])
-            self.buf[self.off[i] : self.off[i] + k] = saved["buf"][their_off[j] : their_off[j] + k]
+        self.held.restore(mine, theirs, same, self.size, saved)
 
     def means(self, s: I64, values: F64) -> tuple[F64, F64]:
         """For ``values`` (sorted by series, then time): the mean of each reading and the
@@ -251,16 +271,8 @@ class Trail:
         sizes = np.diff(np.append(starts, n))
         uniq = s[starts]
         span = np.repeat(self.span[uniq], sizes)
-        fill = self.fill[uniq]
-        ext_len = fill + sizes
-        ext_off = np.cumsum(ext_len) - ext_len
-        ext = np.empty(int(ext_len.sum()))
-        held = int(fill.sum())
-        if held:
-            k = np.arange(held) - np.repeat(np.cumsum(fill) - fill, fill)
-            ext[np.repeat(ext_off, fill) + k] = self.buf[np.repeat(self.off[uniq], fill) + k]
-        pos = np.repeat(ext_off + fill, sizes) + np.arange(n) - np.repeat(starts, sizes)
-        ext[pos] = values
+        ext_len = self.held.fill[uniq] + sizes
+        ext, ext_off, pos = self.held.join(uniq, sizes, values)
         # Sums over windows of each series' own readings, from one running sum that
         # restarts at zero before each series.
         csum = np.concatenate([[0.0], np.cumsum(ext)])
@@ -271,12 +283,5 @@ class Trail:
         has_before = j + 1 >= 2 * span
         lo = np.where(has_before, pos + 1 - 2 * span, pos)
         before = np.where(has_before, (csum[pos + 1 - span] - csum[lo]) / span, np.nan)
-        keep = self.keep[uniq]
-        left = np.minimum(ext_len, keep)
-        kept = int(left.sum())
-        if kept:
-            k = np.arange(kept) - np.repeat(np.cumsum(left) - left, left)
-            src = np.repeat(ext_off + ext_len - left, left) + k
-            self.buf[np.repeat(self.off[uniq], left) + k] = ext[src]
-        self.fill[uniq] = left
+        self.held.keep(uniq, ext, ext_off + ext_len, np.minimum(ext_len, self.size[uniq]))
         return now, before
