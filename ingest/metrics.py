@@ -40,7 +40,7 @@ class IngestMetrics:
             registry=r,
         )
         self.check_seconds = Counter(
-            "stadtpuls_check_seconds", "time spent in the anomaly check", registry=r
+            "stadtpuls_check_seconds", "CPU time spent in the anomaly check", registry=r
         )
         self.commit_failures = Counter(
             "stadtpuls_commit_failures", "durable commits that failed and were retried", registry=r

@@ -282,6 +282,9 @@ class Trail:
         now = (csum[pos + 1] - csum[pos + 1 - now_n]) / now_n
         has_before = j + 1 >= 2 * span
         lo = np.where(has_before, pos + 1 - 2 * span, pos)
-        before = np.where(has_before, (csum[pos + 1 - span] - csum[lo]) / span, np.nan)
+        # Early in a series' life the window before does not exist: its index is clamped
+        # (and the mean masked), never wrapped around or past the start.
+        back = np.where(has_before, pos + 1 - span, lo)
+        before = np.where(has_before, (csum[back] - csum[lo]) / span, np.nan)
         self.held.keep(uniq, ext, ext_off + ext_len, np.minimum(ext_len, self.size[uniq]))
         return now, before
