@@ -134,12 +134,10 @@ import numpy as np
 
 from devices.registry import Series
 from ingest.anomaly.detectors import (
-    _FLAT_TAU_S,
     _ODD_CHANGE,
     _RATE_NOISE_Z,
     _SHARED_NS,
     _SHARED_Z,
-    _STUCK_WARM_NS,
     SEGMENT,
     SEGMENT_MAX,
     SMOOTH_S,
@@ -162,6 +160,7 @@ from ingest.anomaly.drift import (
 )
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
 from ingest.anomaly.segments import _TAIL_TAU_S, EPOCH_NS
+from ingest.anomaly.stuck import _FLAT_TAU_S, _STUCK_WARM_NS
 from ingest.batch import AnomalyFlag, ReadingBatch
 
 LIMIT = int(AnomalyFlag.LIMIT)

@@ -31,19 +31,19 @@ import numpy.typing as npt
 
 from devices.registry import Series
 from ingest.anomaly.arrays import (
-    F64,
     I64,
     Bool,
     key_unit,
-    latest_at,
     neighbours,
     run_lengths,
     series_time_order,
     time_keys,
 )
 from ingest.anomaly.drift import Drift
+from ingest.anomaly.pairs import both, paired_temperature, temperature_pairs
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
-from ingest.anomaly.segments import EPOCH_NS, SegmentTrack, Trail, running_max_before
+from ingest.anomaly.segments import SegmentTrack, Trail
+from ingest.anomaly.stuck import Stuck
 from ingest.batch import AnomalyFlag, ReadingBatch
 
 T = TypeVar("T", bound=np.generic)
@@ -61,10 +61,6 @@ _SHARED_Z = 3.0
 _RATE_NOISE_Z = 4.0
 # A change from the reading before this many times spike_z sigmas of the usual changes.
 _ODD_CHANGE = 2.5
-# Flat runs: how fast the memory of the longest recent one fades, and how much history a
-# series needs before a flat run can count as stuck.
-_FLAT_TAU_S = 2 * 86400.0
-_STUCK_WARM_NS = 12 * 3600 * 1_000_000_000
 
 
 class AnomalyCheck(Protocol):
@@ -121,13 +117,10 @@ class Detectors:
             ],
             dtype=np.int64,
         )
-        self.stuck_samples = np.array(
-            [x.stuck_samples if x.stuck_samples > 0 else 1 << 62 for x in p], dtype=np.int64
-        )
-        self.stuck_factor = np.array([x.stuck_factor for x in p])
+        self.stuck = Stuck(p)
         self.max_rate = np.array([x.max_rate for x in p])
         self.gap_ns = np.array([x.gap_factor * i * 1e9 for x, i in zip(p, interval, strict=True)])
-        self.pair = _temperature_pairs(series)
+        self.pair = temperature_pairs(series)
         # Strain is judged after what its temperature explains (12 ue/K); inclination and
         # crack width follow temperature too little to take it off reading by reading.
         strain = np.array([x.key.measurement == "strain" for x in series], dtype=bool)
@@ -157,7 +150,6 @@ class Detectors:
         self.last_ts = np.full(n, NO_TIME, dtype=np.int64)
         self.last_value = np.full(n, np.nan)
         self.last_eff = np.full(n, np.nan)  # the last value as the detectors saw it
-        self.same_run = np.zeros(n, dtype=np.int64)  # repeats of last_value so far
         self.dev_run = np.zeros(n, dtype=np.int64)  # signed run of step-sized deviations
         self.abrupt = np.zeros(n, dtype=bool)  # did that run begin with a lone jump?
         self.onset_eff = np.zeros(n)  # ... to which level, by how much
@@ -167,10 +159,6 @@ class Detectors:
         self.onset_alone = np.zeros(n, dtype=bool)  # no neighbour moved at its start
         self.odd = np.zeros(n, dtype=bool)  # did the last reading change oddly?
         self.dev_ts = np.full(n, NO_TIME, dtype=np.int64)  # last reading beyond _SHARED_Z
-        # Longest recent flat runs as log(length) + time / tau, so "the longest, fading
-        # with age" is a running maximum: of all runs, and of those not themselves stuck.
-        self.flat_all = np.full(n, -np.inf)
-        self.flat_ok = np.full(n, -np.inf)
 
     # -- the check -------------------------------------------------------------------------
 
@@ -236,7 +224,7 @@ class Detectors:
         flags[ratio > 1.0] |= AnomalyFlag.LIMIT
 
         # Strain is judged after removing what its temperature explains.
-        temp = self._paired_temperature(batch, s, t)
+        temp = paired_temperature(self.pair, self.last_value, batch, s, t)
         eff = np.where(np.isfinite(temp), v - rep(self.coef) * temp, v)
 
         seg = self.track.advance(s, t, eff)
@@ -244,7 +232,7 @@ class Detectors:
         paired = np.flatnonzero(self.coef[s] > 0)
         raw = self.raw.advance(s[paired], t[paired], v[paired]) if len(paired) else None
         if raw is not None:
-            z[paired] = _both(z[paired], raw.z)
+            z[paired] = both(z[paired], raw.z)
         absz = np.abs(z)
         scores = np.maximum(ratio, absz / rep(self.spike_z)).astype(np.float32)
         prev_eff = np.empty(n)
@@ -280,7 +268,7 @@ class Detectors:
                 )
                 with np.errstate(invalid="ignore"):
                     zr = np.where(np.isfinite(rref), (raw_now - rref) / raw_spread, 0.0)
-                zm[rows] = _both(zm[rows], zr)
+                zm[rows] = both(zm[rows], zr)
             level_z[fast_rows] = np.abs(zm)
             # A structural shift is judged on a reading's own scale: a creep of a
             # microstrain a minute stands many second-means out, but it is a drift.
@@ -320,8 +308,8 @@ class Detectors:
         # Moving is jumping from the reading before: a reading far from an old reference
         # (a room cooling through the night) has not moved with anything.
         asked = onset[~carried]
-        both = self._shared(s, t, jump > _SHARED_Z, np.concatenate([asked, cand]))
-        shared, shared_odd = both[: len(asked)], both[len(asked) :]
+        answers = self._shared(s, t, jump > _SHARED_Z, np.concatenate([asked, cand]))
+        shared, shared_odd = answers[: len(asked)], answers[len(asked) :]
         shared_at = np.zeros(len(d), dtype=bool)
         shared_at[~carried] = shared
         # A sensor's step is a jump to a new level that then holds; in an opened window the
@@ -364,7 +352,7 @@ class Detectors:
         flags[d[step]] |= AnomalyFlag.STEP
         flags[d[shift]] |= AnomalyFlag.SHIFT
 
-        same_len = self._stuck(s, t, v, first, starts, uniq, has_prev, prev_v, prev_t, flags)
+        self.stuck.judge(s, t, v, first, starts, has_prev, prev_v, prev_t, self.first_ts, flags)
 
         # Too fast for the physics, and beyond the noise: at 100 Hz a thermometer's noise
         # alone is kelvins per second.
@@ -395,32 +383,9 @@ class Detectors:
         self.onset_moves[uniq[in_run]] = moves[k]
         self.onset_before[uniq[in_run]] = old_level[k]
         self.onset_alone[uniq[in_run]] = alone[k]
-        self.same_run[uniq] = same_len[lasts]
         self.last_ts[uniq] = np.maximum(self.last_ts[uniq], t[lasts])
         self.last_value[uniq] = v[lasts]
         self.last_eff[uniq] = eff[lasts]
-
-    def _paired_temperature(self, batch: ReadingBatch, s: I64, t: I64) -> F64:
-        """For each strain reading, the latest reading of its temperature at or before its
-        time (in this batch, else the last one seen); NaN for everything else."""
-        out = np.full(len(s), np.nan)
-        p = self.pair[s]
-        want = np.flatnonzero(p >= 0)
-        if len(want) == 0:
-            return out
-        bs, bt = batch.series.astype(np.int64), batch.ts_ns
-        is_temp = np.flatnonzero(np.isin(bs, p[want]))
-        out[want] = self.last_value[p[want]]
-        if len(is_temp):
-            lo = int(min(bt[is_temp].min(), t[want].min()))
-            unit = key_unit(lo, int(max(bt[is_temp].max(), t[want].max())))
-            keys = time_keys(bs[is_temp], bt[is_temp], lo, unit)
-            o = np.argsort(keys, kind="stable")
-            keys, rows = keys[o], is_temp[o]
-            k = latest_at(keys, time_keys(p[want], t[want], lo, unit))
-            ok = (k >= 0) & (bs[rows[np.maximum(k, 0)]] == p[want])
-            out[want[ok]] = batch.values[rows[k[ok]]]
-        return out
 
     def _shared(self, s: I64, t: I64, moving: Bool, at: I64) -> Bool:
         """For each reading at positions ``at``: did another series of its group move
@@ -453,80 +418,11 @@ class Detectors:
         if len(m):
             np.maximum.at(self.dev_ts, s[m], t[m])
 
-    def _stuck(
-        self,
-        s: I64,
-        t: I64,
-        v: F64,
-        first: Bool,
-        starts: I64,
-        uniq: I64,
-        has_prev: Bool,
-        prev_v: F64,
-        prev_t: I64,
-        flags: npt.NDArray[np.int32],
-    ) -> I64:
-        """stuck: the same value again and again, for longer than the series' own longest
-        recent flat run allows (a quantised thermometer holds a value through a quiet
-        night; a stuck one holds it through the lesson too). Returns the repeats so far at
-        each reading."""
-        n = len(s)
-        r = np.flatnonzero(has_prev & (v == prev_v))
-        at_start = first[r]
-        follows = neighbours(r, first) | at_start
-        same_r, head, _ = run_lengths(follows, at_start, self.same_run[s[r]])
-        same = np.zeros(n, dtype=np.int64)
-        same[r] = same_r
-        # Flat runs of two readings or more that end in this batch (the value changed), with
-        # their lengths and end times, and how the fading maximum of them stood before each.
-        # Single readings cannot raise the usual above stuck_samples; leaving them out keeps
-        # this to the few repeats of a noisy series.
-        ends = r[np.diff(r, append=np.iinfo(np.int64).max) != 1] + 1
-        ends = ends[ends < n]
-        ends = ends[~first[ends]]  # a change within the series (not a repeat: r ends there)
-        carried = starts[(self.same_run[s[starts]] > 0) & has_prev[starts]]
-        carried = carried[v[carried] != prev_v[carried]]
-        changed = np.sort(np.concatenate([ends, carried]))
-        cs = s[changed]
-        at_first = first[changed]
-        length = np.where(at_first, self.same_run[cs], same[changed - 1 + at_first]) + 1
-        key = np.log(length) + (prev_t[changed] - EPOCH_NS) / 1e9 / _FLAT_TAU_S
-        all_before = running_max_before(cs, key, self.flat_all[cs])
-        thresh = self._stuck_need(cs, all_before, prev_t[changed])
-        ok = length < thresh  # runs that were not stuck themselves set the usual
-        ok_key = np.where(ok, key, -np.inf)
-        ok_before = running_max_before(cs, ok_key, self.flat_ok[cs])
-        # Each repeat is judged against the usual as of its run's start.
-        if len(r):
-            run_start = r[head]  # the run's first repeat: the run began just before
-            k = np.searchsorted(changed, run_start, side="right") - 1
-            kk = np.maximum(k, 0)
-            mine = (k >= 0) & (cs[kk] == s[r]) if len(changed) else np.zeros(len(r), bool)
-            usual = self.flat_ok[s[r]]
-            usual[mine] = np.maximum(ok_before[kk[mine]], ok_key[kk[mine]])
-            need = self._stuck_need(s[r], usual, t[r])
-            warm = (t[r] - self.first_ts[s[r]]) >= _STUCK_WARM_NS
-            flags[r[(same_r + 1 >= need) & warm]] |= AnomalyFlag.STUCK
-        always = self.stuck_samples[uniq] <= 1  # a setting of 1 makes every reading stuck
-        if always.any():
-            flags[np.repeat(always, np.diff(np.append(starts, n)))] |= AnomalyFlag.STUCK
-        if len(changed):
-            last = np.flatnonzero(np.append(cs[1:] != cs[:-1], True))
-            self.flat_all[cs[last]] = np.maximum(all_before[last], key[last])
-            self.flat_ok[cs[last]] = np.maximum(ok_before[last], ok_key[last])
-        return same
-
-    def _stuck_need(self, s: I64, usual_key: F64, at: I64) -> F64:
-        longest = np.exp(usual_key - (at - EPOCH_NS) / 1e9 / _FLAT_TAU_S)
-        need: F64 = np.maximum(self.stuck_samples[s], self.stuck_factor[s] * longest)
-        return need
-
     # -- state across restarts -----------------------------------------------------------
 
     _STATE = (
-        "first_ts", "last_ts", "last_value", "last_eff", "same_run", "dev_run", "abrupt",
-        "onset_eff", "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd",
-        "dev_ts", "flat_all", "flat_ok",
+        "first_ts", "last_ts", "last_value", "last_eff", "dev_run", "abrupt", "onset_eff",
+        "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd", "dev_ts",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -534,8 +430,10 @@ class Detectors:
         tmp = path.with_suffix(".tmp.npz")
         with self._lock:
             state = {k: getattr(self, k).copy() for k in self._STATE}
-            parts = (("drift_", self.drift), ("seg_", self.track), ("raw_", self.raw),
-                     ("trail_", self.trail), ("rawtrail_", self.raw_trail))  # fmt: skip
+            parts = (
+                ("drift_", self.drift), ("stuck_", self.stuck), ("seg_", self.track),
+                ("raw_", self.raw), ("trail_", self.trail), ("rawtrail_", self.raw_trail),
+            )  # fmt: skip
             for prefix, part in parts:
                 state |= {prefix + k: v for k, v in part.state().items()}
         np.savez(tmp, names=np.array(self.names), **state)
@@ -556,9 +454,11 @@ class Detectors:
             mine, theirs = (np.array(x, dtype=np.int64) for x in zip(*pairs, strict=True))
             for key in self._STATE:
                 getattr(self, key)[mine] = data[key][theirs]
-            self.drift.restore(
-                mine, {k[6:]: data[k][theirs] for k in data.files if k.startswith("drift_")}
-            )
+            for prefix, part in (("drift_", self.drift), ("stuck_", self.stuck)):
+                n = len(prefix)
+                part.restore(
+                    mine, {k[n:]: data[k][theirs] for k in data.files if k.startswith(prefix)}
+                )
             tracks: tuple[tuple[str, SegmentTrack | Trail], ...] = (
                 ("seg_", self.track), ("raw_", self.raw),
                 ("trail_", self.trail), ("rawtrail_", self.raw_trail),
@@ -567,39 +467,3 @@ class Detectors:
                 saved = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
                 track.restore(mine, theirs, saved)
         return len(pairs)
-
-
-def _both(compensated: F64, raw: F64) -> F64:
-    """A gauge deviates only as far as both its compensated and its raw reading do, on the
-    same side: a faulty thermometer moves only the one, a warming deck only the other."""
-    same = np.sign(compensated) == np.sign(raw)
-    out: F64 = np.where(
-        same, np.sign(compensated) * np.minimum(np.abs(compensated), np.abs(raw)), 0.0
-    )
-    return out
-
-
-def _temperature_pairs(series: Sequence[Series]) -> I64:
-    """For each strain gauge, inclinometer and crack gauge the temperature that explains
-    part of it: the same channel's, else the device's own, else any of the device's, else
-    any of the bridge's; -1 for none or another measurement."""
-    by_key = {(x.key.site, x.key.device, x.key.channel, x.key.measurement): x.index for x in series}
-    pair = np.full(len(series), -1, dtype=np.int64)
-    for x in series:
-        if x.key.measurement not in ("strain", "inclination", "crack_width"):
-            continue
-        site, dev = x.key.site, x.key.device
-        candidates = [
-            by_key.get((site, dev, x.key.channel, "temperature")),
-            by_key.get((site, dev, "", "temperature")),
-            *(
-                i
-                for (si, de, _, me), i in by_key.items()
-                if (si, de, me) == (site, dev, "temperature")
-            ),
-            *(i for (si, _, _, me), i in by_key.items() if (si, me) == (site, "temperature")),
-        ]
-        found = next((c for c in candidates if c is not None), None)
-        if found is not None:
-            pair[x.index] = found
-    return pair
