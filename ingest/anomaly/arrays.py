@@ -11,6 +11,21 @@ I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
 
 
+class StateArrays:
+    """Per-series state kept in arrays named in ``_STATE``: what a restart saves and
+    restores, by series (``rows`` index this registry's series)."""
+
+    _STATE: tuple[str, ...] = ()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k).copy() for k in self._STATE}
+
+    def restore(self, rows: I64, saved: dict[str, np.ndarray]) -> None:
+        for k in self._STATE:
+            if k in saved:
+                getattr(self, k)[rows] = saved[k]
+
+
 def series_time_order(series: npt.NDArray[np.int32], ts: I64, n_series: int) -> I64:
     """Readings sorted by series, then time. Readings usually arrive in time order per
     series, so a stable sort by series is enough (numpy radix-sorts 16-bit keys, three

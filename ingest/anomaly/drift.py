@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from devices.registry import Series
-from ingest.anomaly.arrays import F64, I64, Bool
+from ingest.anomaly.arrays import F64, I64, Bool, StateArrays
 from ingest.anomaly.params import DetectorParams
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ _THERMAL_MEMORY_S = 14 * 86400.0  # seasons change the range, not the coefficien
 _PRIOR_VAR_K2 = 25.0  # a few kelvin of spread at the steel coefficient
 
 
-class Drift:
+class Drift(StateArrays):
     def __init__(
         self,
         series: Sequence[Series],
@@ -114,14 +114,6 @@ class Drift:
     _STATE = (
         "fast", "slow", "ts", "since", "on", "step_open", "level", "reg", "profile", "profile_n",
     )  # fmt: skip
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k).copy() for k in self._STATE}
-
-    def restore(self, rows: I64, saved: dict[str, np.ndarray]) -> None:
-        for k in self._STATE:
-            if k in saved:
-                getattr(self, k)[rows] = saved[k]
 
     def judge(
         self,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ingest.anomaly.arrays import F64, I64, Bool, neighbours, run_lengths
+from ingest.anomaly.arrays import F64, I64, Bool, StateArrays, neighbours, run_lengths
 from ingest.anomaly.params import DetectorParams
 from ingest.anomaly.segments import EPOCH_NS, running_max_before
 from ingest.batch import AnomalyFlag
@@ -20,7 +20,7 @@ _FLAT_TAU_S = 2 * 86400.0
 _STUCK_WARM_NS = 12 * 3600 * 1_000_000_000
 
 
-class Stuck:
+class Stuck(StateArrays):
     def __init__(self, params: Sequence[DetectorParams]) -> None:
         n = len(params)
         self.stuck_samples = np.array(
@@ -34,14 +34,6 @@ class Stuck:
         self.flat_ok = np.full(n, -np.inf)
 
     _STATE = ("same_run", "flat_all", "flat_ok")
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k).copy() for k in self._STATE}
-
-    def restore(self, rows: I64, saved: dict[str, np.ndarray]) -> None:
-        for k in self._STATE:
-            if k in saved:
-                getattr(self, k)[rows] = saved[k]
 
     def judge(
         self,
