@@ -6,7 +6,6 @@ list, the store is a real SQLite file."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,12 @@ from alerts.channels.alertmanager import AlertmanagerSettings, alertmanager_aler
 from alerts.channels.email import EmailSettings, render_message
 from alerts.config import AlertsConfig
 from alerts.engine import AlertEngine
-from alerts.model import Event, Notification, Severity, State
+from alerts.model import Event, Severity, State
 from alerts.state import AlertStore
 from devices.registry import Registry
 from ingest.batch import AnomalyFlag, ReadingBatch
 from tests.registry_fixture import test_registry
+from tests.support.alerting import Clock, Sink
 
 MIN = 60 * 10**9
 DAY0 = datetime(2026, 11, 23, tzinfo=UTC)  # a Monday, midnight
@@ -34,32 +34,13 @@ TRANSITIONS = {"pending", "firing", "resolved", "cancelled", "escalated", "de-es
 LESSONS = ((8, 1500.0), (9, 2600.0), (10, 900.0), (11, 2300.0))
 
 
-@dataclass
-class Clock:
-    now: datetime = DAY0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Sink:
-    sent: list[Notification] = field(default_factory=list)
-
-    def submit(self, notification: Notification) -> None:
-        self.sent.append(notification)
-
-    def events(self) -> list[tuple[str, str]]:
-        return [(str(n.event), n.alert.id) for n in self.sent if n.alert is not None]
-
-
 class Rig:
     def __init__(self, tmp: Path, **settings: Any) -> None:
         self.registry: Registry = test_registry()
         base: dict[str, Any] = {"silence": {"enabled": False}}
         base.update(settings)
         self.config = AlertsConfig.model_validate(base)
-        self.clock = Clock()
+        self.clock = Clock(DAY0)
         self.sink = Sink()
         self.store = AlertStore(tmp / "alerts.sqlite")
         self.engine = AlertEngine(

@@ -17,38 +17,16 @@ from pydantic import ValidationError
 from alerts.config import AlertsConfig, ThresholdRule
 from alerts.digest import site_digest
 from alerts.engine import AlertEngine, PipelineHealth
-from alerts.model import Notification, State
+from alerts.model import State
 from alerts.state import AlertStore
 from devices.registry import Registry
 from ingest.batch import AnomalyFlag, ReadingBatch
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from tests.registry_fixture import test_registry
+from tests.support.alerting import Clock, Sink
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
-
-
-@dataclass
-class Clock:
-    now: datetime = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Sink:
-    sent: list[Notification] = field(default_factory=list)
-
-    def submit(self, notification: Notification) -> None:
-        self.sent.append(notification)
-
-    def events(self, rule: str | None = None) -> list[tuple[str, str]]:
-        return [
-            (str(n.event), n.alert.id)
-            for n in self.sent
-            if n.alert is not None and (rule is None or n.alert.all_labels()["alertname"] == rule)
-        ]
 
 
 @dataclass
@@ -69,7 +47,7 @@ class Rig:
     def __init__(self, tmp: Path, cfg: AlertsConfig, health: Health | None = None) -> None:
         self.registry: Registry = test_registry()
         self.cfg = cfg
-        self.clock = Clock()
+        self.clock = Clock(T0)
         self.sink = Sink()
         self.path = tmp / "alerts.sqlite"
         self.store = AlertStore(self.path)
