@@ -46,36 +46,22 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from bench.eval_patterns import CheckFactory
+from bench.eval_scoring import ANY_FAULT_BITS, DETECTORS, HOUR, MIN, NS, flag_events
 from bench.real_data import LOADERS, KnownWindow, RealData, available
-from devices.registry import Registry, Series
+from devices.registry import Registry
 from ingest.batch import AnomalyFlag, ReadingBatch
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
-
-NS: Final = 1_000_000_000
-MIN: Final = 60 * NS
-HOUR: Final = 60 * MIN
-# Detector name -> flag bit, in AnomalyFlag's order; RANGE is the decoder's quarantine.
-DETECTORS: Final[dict[str, int]] = {
-    f.name.lower(): int(f) for f in AnomalyFlag if f.value and f.name is not None
-}
-ANY_FAULT_BITS: Final = int(AnomalyFlag(sum(DETECTORS.values())) & ~AnomalyFlag.LIMIT)
-
-
-class Check(Protocol):
-    def check(self, batch: ReadingBatch) -> None: ...
-
-
-CheckFactory = Callable[[Sequence[Series]], Check]
 
 
 def default_factory() -> CheckFactory:
@@ -83,27 +69,6 @@ def default_factory() -> CheckFactory:
     from ingest.anomaly import build_check
 
     return build_check
-
-
-@dataclass(frozen=True)
-class Events:
-    """Flag events: for event k, series[k], and the first and last flagged timestamps."""
-
-    series: I64
-    first_ns: I64
-    last_ns: I64
-
-
-def flag_events(series: I64, ts_ns: I64, flagged: npt.NDArray[np.bool_]) -> Events:
-    """Runs of flagged readings of one series in a (series, ts)-sorted trace; runs less
-    than an hour apart merge (as ``bench.eval_anomaly`` counts them)."""
-    idx = np.flatnonzero(flagged)
-    s, t = series[idx], ts_ns[idx]
-    new = np.ones(len(idx), dtype=bool)
-    new[1:] = (s[1:] != s[:-1]) | (t[1:] - t[:-1] >= HOUR)
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(idx))[: len(starts)] - 1
-    return Events(s[starts], t[starts], t[ends])
 
 
 Pattern = Literal["live", "hourly", "backlog", "blocks100"]
