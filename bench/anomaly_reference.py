@@ -61,7 +61,12 @@ Semantics (those of ``Detectors``; its module docstrings say why):
   on its side. Also a spike: a change from
   the reading before that is ``2.5 x spike_z`` robust sigmas of the usual changes off
   their median, when the reading before did not change so (series with ``spike_tail`` 0
-  only), unless another series of the group moved within the 10 s up to it.
+  only), unless another series of the group moved within the 10 s up to it. Such a
+  lone odd change is also a step once the ``step_need`` readings after it have each
+  stayed beyond half its size from the level before it, on its side, and none of them
+  changed by more than a quarter of its size the same way again (a new one starts anew).
+  A room's temperature and humidity also move (for the 10 s test) when their change is
+  beyond 3 robust sigmas of their usual changes.
 - stuck: a repeat of the reading before (raw values); its run of equal readings must be
   at least ``stuck_samples`` long and ``stuck_factor`` times the usual flat run, and the
   series must have read for 12 h. The usual flat run is two-level: every flat run of two
@@ -158,6 +163,7 @@ from ingest.anomaly.drift import (
     RECORD_SLOW_S,
     RECORD_WARM_S,
 )
+from ingest.anomaly.held import _FURTHER_SHARE, _HOLD_SHARE
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
 from ingest.anomaly.segments import _TAIL_TAU_S, EPOCH_NS
 from ingest.anomaly.stuck import _FLAT_TAU_S, _STUCK_WARM_NS
@@ -265,6 +271,7 @@ class _Config:
     pair: int | None
     coef: float  # ue/K the strain is compensated with
     group: tuple[str, ...]  # whose moves are shared
+    air: bool  # a room's temperature or humidity: a change beyond its usual ones is a move
     # drift
     threshold: float
     mode: str  # "plain", "thermal", "night" or "site" (after the checks of Drift)
@@ -331,7 +338,11 @@ class _State:
     trail: deque[float] = field(default_factory=deque)  # the last 2 x span levels read
     raw_trail: deque[float] = field(default_factory=deque)  # ... raw (paired strain)
     odd: bool = False
-    dev_ts: int | None = None  # the latest move beyond _SHARED_Z
+    held_on: bool = False  # a lone odd change waiting to be held
+    held_base: float = 0.0  # the level before it
+    held_jump: float = 0.0  # its signed size
+    held_n: int = 0  # readings since that held it
+    dev_ts: int | None = None  # the latest move (beyond _SHARED_Z, or air beyond usual)
     flat_all: float = -INF
     flat_ok: float = -INF
     stepped: set[int] = field(default_factory=set)  # segments holding a step or shift
@@ -367,6 +378,7 @@ class _Seen:
     level_before: float  # the mean of the span readings before those (the reading before)
     level_sigma: float
     shift_z: float  # level_z on a single reading's scale
+    moved: bool = False  # a move others' readings count as shared
 
 
 @dataclass(slots=True)
@@ -427,6 +439,7 @@ class ReferenceDetectors:
                         if bridge
                         else ("device", x.key.site, x.key.device)
                     ),
+                    air=p.room_air and not bridge,
                     threshold=p.drift * ALONE_FACTOR if alone else p.drift,
                     mode=mode,
                     site_group=(x.key.site, x.key.measurement) if mode == "site" else None,
@@ -530,12 +543,17 @@ class ReferenceDetectors:
                 jump = abs(eff - prev_eff) / sigma
                 if cfg.coef > 0 and not abs(v - prev_v) > _SHARED_Z * sigma:
                     jump = 0.0  # a paired gauge moved only if its reading moved too
-                if jump > _SHARED_Z:
+                moved = jump > _SHARED_Z
+                if cfg.air:  # an opened window: a change beyond the usual ones
+                    usual_change = ref[3] if math.isfinite(ref[3]) else INF
+                    change = eff - prev_eff - ref[2]
+                    moved = moved or abs(change) > _SHARED_Z * max(usual_change, floor)
+                if moved:
                     moves.setdefault(cfg.group, []).append((t, k))
                 seg = st.seen // cfg.width
                 seen[i] = _Seen(
                     eff, temp, z, sigma, ref, st.track.above_key, st.track.below_key, jump, seg,
-                    *level,
+                    *level, moved,
                 )  # fmt: skip
                 st.seen += 1
                 done = st.track.push(eff, t)
@@ -633,9 +651,25 @@ class ReferenceDetectors:
                 usual_change = r.stats[3] if math.isfinite(r.stats[3]) else INF
                 change = eff - prev_eff - r.stats[2]
                 odd = abs(change) > _ODD_CHANGE * p.spike_z * usual_change
-                if odd and not st.odd and p.spike_tail == 0 and not shared(k, t):
+                lone_odd = odd and not st.odd and p.spike_tail == 0 and not shared(k, t)
+                if lone_odd:
                     f |= SPIKE
                 st.odd = odd
+                # ... and a step once the readings after it hold its level for step_need
+                # readings without moving on the same way.
+                if lone_odd:
+                    st.held_on, st.held_n = True, 0
+                    st.held_base, st.held_jump = prev_eff, eff - prev_eff
+                elif st.held_on:
+                    st.held_n += 1
+                    off, size = eff - st.held_base, abs(st.held_jump)
+                    holds = _sign(off) == _sign(st.held_jump) and abs(off) > _HOLD_SHARE * size
+                    further = (eff - prev_eff) * _sign(st.held_jump) > _FURTHER_SHARE * size
+                    if not holds or further:
+                        st.held_on = False
+                    elif st.held_n == cfg.step_need:
+                        f |= STEP
+                        st.held_on = False
 
                 # stuck
                 has_prev = prev_t is not None
@@ -675,7 +709,7 @@ class ReferenceDetectors:
             for i in idx:
                 r = seen[i]
                 assert r is not None
-                if r.jump > _SHARED_Z:
+                if r.moved:
                     st.dev_ts = ts[i] if st.dev_ts is None else max(st.dev_ts, ts[i])
 
         # drift, per completed segment; a reading is judged by the one before its own.

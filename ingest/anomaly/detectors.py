@@ -40,6 +40,7 @@ from ingest.anomaly.arrays import (
     time_keys,
 )
 from ingest.anomaly.drift import Drift
+from ingest.anomaly.held import HeldJumps
 from ingest.anomaly.pairs import both, paired_temperature, temperature_pairs
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
 from ingest.anomaly.segments import SegmentTrack, Trail
@@ -118,6 +119,14 @@ class Detectors:
             dtype=np.int64,
         )
         self.stuck = Stuck(p)
+        self.held = HeldJumps(self.step_need)
+        self.air = np.array(
+            [
+                x.room_air and not b
+                for x, b in zip(p, (s.kind == "bridge" for s in series), strict=True)
+            ],
+            dtype=bool,
+        )
         self.max_rate = np.array([x.max_rate for x in p])
         self.gap_ns = np.array([x.gap_factor * i * 1e9 for x, i in zip(p, interval, strict=True)])
         self.pair = temperature_pairs(series)
@@ -308,7 +317,15 @@ class Detectors:
         # Moving is jumping from the reading before: a reading far from an old reference
         # (a room cooling through the night) has not moved with anything.
         asked = onset[~carried]
-        answers = self._shared(s, t, jump > _SHARED_Z, np.concatenate([asked, cand]))
+        moving = jump > _SHARED_Z
+        # An opened window shows in a room's temperature and humidity within the minute, as
+        # a change beyond their usual ones, while their level barely leaves its lesson's
+        # spread.
+        air = np.flatnonzero(self.air[s])
+        if len(air):
+            floor = self.floor[s[air]]
+            moving[air] |= np.abs(change[air]) > _SHARED_Z * np.maximum(usual[air], floor)
+        answers = self._shared(s, t, moving, np.concatenate([asked, cand]))
         shared, shared_odd = answers[: len(asked)], answers[len(asked) :]
         shared_at = np.zeros(len(d), dtype=bool)
         shared_at[~carried] = shared
@@ -348,7 +365,9 @@ class Detectors:
         usual_away = seg.excursion(d, away >= 0, t[d])
         spike = lone & (np.abs(away) > self.spike_tail[ds] * usual_away)
         flags[d[spike]] |= AnomalyFlag.SPIKE
-        flags[cand[~shared_odd]] |= AnomalyFlag.SPIKE
+        lone_odd = cand[~shared_odd]
+        flags[lone_odd] |= AnomalyFlag.SPIKE
+        flags[self.held.judge(s, eff, prev_eff, first, lone_odd)] |= AnomalyFlag.STEP
         flags[d[step]] |= AnomalyFlag.STEP
         flags[d[shift]] |= AnomalyFlag.SHIFT
 
@@ -356,9 +375,9 @@ class Detectors:
 
         # Too fast for the physics, and beyond the noise: at 100 Hz a thermometer's noise
         # alone is kelvins per second.
-        moving = np.flatnonzero(has_prev & (dv > _RATE_NOISE_Z * sigma) & (d_ns > 0))
-        fast = dv[moving] / (d_ns[moving] / 1e9) > self.max_rate[s[moving]]
-        flags[moving[fast]] |= AnomalyFlag.RATE
+        beyond = np.flatnonzero(has_prev & (dv > _RATE_NOISE_Z * sigma) & (d_ns > 0))
+        fast = dv[beyond] / (d_ns[beyond] / 1e9) > self.max_rate[s[beyond]]
+        flags[beyond[fast]] |= AnomalyFlag.RATE
         flags[has_prev & (d_ns > rep(self.gap_ns))] |= AnomalyFlag.GAP
 
         reset = (flags & (AnomalyFlag.STEP | AnomalyFlag.SHIFT)) != 0
@@ -431,7 +450,8 @@ class Detectors:
         with self._lock:
             state = {k: getattr(self, k).copy() for k in self._STATE}
             parts = (
-                ("drift_", self.drift), ("stuck_", self.stuck), ("seg_", self.track),
+                ("drift_", self.drift), ("stuck_", self.stuck), ("held_", self.held),
+                ("seg_", self.track),
                 ("raw_", self.raw), ("trail_", self.trail), ("rawtrail_", self.raw_trail),
             )  # fmt: skip
             for prefix, part in parts:
@@ -454,7 +474,8 @@ class Detectors:
             mine, theirs = (np.array(x, dtype=np.int64) for x in zip(*pairs, strict=True))
             for key in self._STATE:
                 getattr(self, key)[mine] = data[key][theirs]
-            for prefix, part in (("drift_", self.drift), ("stuck_", self.stuck)):
+            parts = (("drift_", self.drift), ("stuck_", self.stuck), ("held_", self.held))
+            for prefix, part in parts:
                 n = len(prefix)
                 part.restore(
                     mine, {k[n:]: data[k][theirs] for k in data.files if k.startswith(prefix)}

@@ -45,6 +45,9 @@ class DetectorParams:
     # "thermal": after the series' own regression on its temperature; "night": the CO2
     # floor; "site": against the other series of the measurement at the site
     drift_mode: DriftMode = "plain"
+    # In a room, a sudden change of this series says the air changed (a window opened), so
+    # a jump of another of the room's series at that moment is no fault of its own.
+    room_air: bool = False
 
 
 # Defaults from DOMAIN.md. Strain: gauges resolve well under 1 microstrain; lorries add
@@ -70,7 +73,12 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     # Weather moves all temperatures (and humidities) of a site together: a sensor is
     # compared with the others of its site; alone, with its own slow level.
     "temperature": DetectorParams(
-        noise_floor=0.1, max_rate=0.5, drift=1.2, drift_fast_s=4 * 3600.0, drift_mode="site"
+        noise_floor=0.1,
+        max_rate=0.5,
+        drift=1.2,
+        drift_fast_s=4 * 3600.0,
+        drift_mode="site",
+        room_air=True,
     ),
     # Both follow the temperature a little: drift is judged after their own regression.
     "inclination": DetectorParams(
@@ -84,7 +92,12 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         noise_floor=15.0, max_rate=100.0, drift=120.0, drift_fast_s=3600.0, drift_mode="night"
     ),
     "humidity": DetectorParams(
-        noise_floor=0.5, max_rate=2.0, drift=3.0, drift_fast_s=3 * 3600.0, drift_mode="site"
+        noise_floor=0.5,
+        max_rate=2.0,
+        drift=3.0,
+        drift_fast_s=3 * 3600.0,
+        drift_mode="site",
+        room_air=True,
     ),
     "pm2_5": DetectorParams(
         noise_floor=2.0, stuck_samples=30, max_rate=50.0, drift=8.0, drift_fast_s=6 * 3600.0

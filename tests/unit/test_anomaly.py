@@ -470,6 +470,78 @@ def test_a_gauge_moving_with_its_neighbour_is_load_not_a_fault(registry: Registr
     assert spikes == [160]
 
 
+ROOM = """\
+sites:
+  s1:
+    kind: school
+    name: S1
+    devices:
+      r1:
+        interval: 1m
+        measurements: [co2, temperature]
+"""
+ROOM_CO2, ROOM_T = 0, 1
+
+
+def lesson_co2(n: int, seed: int) -> F64:
+    """A room filling through a lesson: CO2 climbing about 25 ppm a minute, with noise."""
+    rng = np.random.default_rng(seed)
+    return 500.0 + 25.0 * np.arange(n) + rng.normal(0, 8, n)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_a_co2_step_while_the_room_fills_is_a_step(batch: int) -> None:
+    """The level climbs a thousand ppm through the lesson, so the previous segment's spread
+    hides a 400 ppm offset; the jump between two readings does not, and the readings after
+    it hold the new level."""
+    reg = parse_registry(ROOM)
+    v = lesson_co2(200, seed=3)
+    v[120:] += 400.0
+    flags = feed(Detectors(reg.series), v, series=ROOM_CO2, step_ns=MINUTE, batch=batch)
+    step = np.flatnonzero(has(flags, AnomalyFlag.STEP))
+    assert step.tolist() == [123]  # confirmed by the three readings after the jump
+
+
+@pytest.mark.parametrize("batch", [1, 7, 300])
+def test_an_opened_window_is_no_step(batch: int) -> None:
+    """Airing takes the CO2 down by hundreds of ppm a minute for several minutes: the jump
+    goes on the same way, which a sensor's offset does not."""
+    reg = parse_registry(ROOM)
+    v = lesson_co2(200, seed=4)
+    # Toward the outdoor air's 420 ppm, with a time constant of three minutes.
+    minutes = np.arange(1, 81)
+    v[120:] = 420.0 + (v[119] - 420.0) * np.exp(-minutes / 3.0) + v[120:] - v[120:].mean()
+    flags = feed(Detectors(reg.series), v, series=ROOM_CO2, step_ns=MINUTE, batch=batch)
+    assert not has(flags, AnomalyFlag.STEP).any()
+
+
+def test_a_co2_jump_with_the_rooms_temperature_is_the_air_not_a_spike() -> None:
+    """An opened window shows in the room's temperature within the minute (half a kelvin,
+    beyond its usual changes, while its level stays inside the lesson's spread): the CO2's
+    jump at that moment is shared, not a fault of the CO2 sensor."""
+    reg = parse_registry(ROOM)
+    n = 200
+    ts = T0 + np.arange(n, dtype=np.int64) * MINUTE
+    co2 = lesson_co2(n, seed=5)
+    temp = 19.0 + np.round(np.linspace(0.0, 6.0, n) / 0.1) * 0.1  # warming about 2 K an hour
+    alone, together = co2.copy(), co2.copy()
+    alone[150:] -= 500.0
+    together[150:] -= 500.0
+    cold = temp.copy()
+    cold[150:] -= 0.5
+
+    def spikes(c: F64, t: F64) -> list[int]:
+        det = Detectors(reg.series)
+        batch = ReadingBatch.unchecked(
+            np.r_[np.full(n, ROOM_CO2), np.full(n, ROOM_T)], np.r_[ts, ts], np.r_[c, t]
+        )
+        det.check(batch)
+        return np.flatnonzero(has(batch.flags[:n], AnomalyFlag.SPIKE)).tolist()
+
+    assert spikes(alone, temp) == [150]
+    assert spikes(together, cold) == []
+
+
 # -- the same readings, however they arrive ------------------------------------------------
 
 MIXED = """\
