@@ -47,7 +47,9 @@ Semantics (those of ``Detectors``; its module docstrings say why):
   else the device) moved (jump ``|eff - prev_eff| / sigma`` > 3; for paired strain 0
   unless the raw reading moved by 3 sigma) within the 10 s up to its time (among all
   readings of the batch, whatever their place in the sorted order, and the latest move
-  each series made in earlier batches). At the run's anchor, its ``span``-th reading
+  each series made in earlier batches); for whether the run is alone, the neighbour's
+  jump must pass the largest of the levels 3, 6, 12, 24, 48 that is at most a quarter
+  of the run's first jump. At the run's anchor, its ``span``-th reading
   (below 1 Hz its first): its level is the run's new level and the size its distance
   from the level before the run; the run jumped when the size exceeds ``step_z`` level
   sigmas (paired strain below 1 Hz: and the raw reading moved by 3 sigma). A reading
@@ -139,7 +141,9 @@ import numpy as np
 
 from devices.registry import Series
 from ingest.anomaly.detectors import (
+    _MOVE_LEVELS,
     _ODD_CHANGE,
+    _PROPORTION,
     _RATE_NOISE_Z,
     _SHARED_NS,
     _SHARED_Z,
@@ -342,7 +346,9 @@ class _State:
     held_base: float = 0.0  # the level before it
     held_jump: float = 0.0  # its signed size
     held_n: int = 0  # readings since that held it
-    dev_ts: int | None = None  # the latest move (beyond _SHARED_Z, or air beyond usual)
+    # The latest move beyond each of _MOVE_LEVELS (an aired room's change counts for the
+    # first).
+    moved_ts: list[int | None] = field(default_factory=lambda: [None] * len(_MOVE_LEVELS))
     flat_all: float = -INF
     flat_ok: float = -INF
     stepped: set[int] = field(default_factory=set)  # segments holding a step or shift
@@ -378,7 +384,7 @@ class _Seen:
     level_before: float  # the mean of the span readings before those (the reading before)
     level_sigma: float
     shift_z: float  # level_z on a single reading's scale
-    moved: bool = False  # a move others' readings count as shared
+    moved: int = 0  # how many of _MOVE_LEVELS its move passed
 
 
 @dataclass(slots=True)
@@ -501,7 +507,8 @@ class ReferenceDetectors:
         # jump; segments completed.
         seen: list[_Seen | None] = [None] * n
         events: list[_Event] = []
-        moves: dict[tuple[str, ...], list[tuple[int, int]]] = {}  # group: (time, series)
+        # group: (time, series, levels passed)
+        moves: dict[tuple[str, ...], list[tuple[int, int, int]]] = {}
         for k, idx in runs:
             cfg, st = self._config[k], self._state[k]
             prev_v, prev_eff = st.last_value, st.last_eff
@@ -543,13 +550,14 @@ class ReferenceDetectors:
                 jump = abs(eff - prev_eff) / sigma
                 if cfg.coef > 0 and not abs(v - prev_v) > _SHARED_Z * sigma:
                     jump = 0.0  # a paired gauge moved only if its reading moved too
-                moved = jump > _SHARED_Z
+                moved = sum(1 for x in _MOVE_LEVELS if x < jump)  # 0 when jump is NaN
                 if cfg.air:  # an opened window: a change beyond the usual ones
                     usual_change = ref[3] if math.isfinite(ref[3]) else INF
                     change = eff - prev_eff - ref[2]
-                    moved = moved or abs(change) > _SHARED_Z * max(usual_change, floor)
+                    if abs(change) > _SHARED_Z * max(usual_change, floor):
+                        moved = max(moved, 1)
                 if moved:
-                    moves.setdefault(cfg.group, []).append((t, k))
+                    moves.setdefault(cfg.group, []).append((t, k, moved))
                 seg = st.seen // cfg.width
                 seen[i] = _Seen(
                     eff, temp, z, sigma, ref, st.track.above_key, st.track.below_key, jump, seg,
@@ -565,22 +573,24 @@ class ReferenceDetectors:
         for group_moves in moves.values():
             group_moves.sort()
 
-        def shared(k: int, t: int) -> bool:
-            """Did another series of k's group move within the 10 s up to t?"""
+        def shared(k: int, t: int, need: int = 1) -> bool:
+            """Did another series of k's group move beyond _MOVE_LEVELS[need - 1] within
+            the 10 s up to t?"""
             cfg = self._config[k]
             lo = t - _SHARED_NS
             mv = moves.get(cfg.group, [])
-            for _, other in mv[bisect_left(mv, (lo, -1)) : bisect_right(mv, (t, 1 << 62))]:
-                if other != k:
-                    return True
+            window = mv[bisect_left(mv, (lo, -1, 0)) : bisect_right(mv, (t, 1 << 62, 0))]
+            if any(other != k and passed >= need for _, other, passed in window):
+                return True
             return any(
-                o != k and d is not None and lo <= d <= t for o, d in remembered.get(cfg.group, [])
+                o != k and d[need - 1] is not None and lo <= (d[need - 1] or 0) <= t
+                for o, d in remembered.get(cfg.group, [])
             )
 
-        remembered: dict[tuple[str, ...], list[tuple[int, int | None]]] = {}
+        remembered: dict[tuple[str, ...], list[tuple[int, list[int | None]]]] = {}
         for k, st in enumerate(self._state):
-            if st.dev_ts is not None:
-                remembered.setdefault(self._config[k].group, []).append((k, st.dev_ts))
+            if any(x is not None for x in st.moved_ts):
+                remembered.setdefault(self._config[k].group, []).append((k, list(st.moved_ts)))
 
         # Second pass: the judgement, reading by reading.
         flags = [0] * n
@@ -614,7 +624,10 @@ class ReferenceDetectors:
                     else:  # a run begins
                         st.dev_run = sign
                         onset_shared = shared(k, t)
-                        st.onset_alone = not onset_shared
+                        # Alone unless a neighbour moved in proportion to this jump.
+                        own = r.jump / _PROPORTION if math.isfinite(r.jump) else 0.0
+                        passed = max(1, sum(1 for x in _MOVE_LEVELS if x <= own))
+                        st.onset_alone = not shared(k, t, passed)
                         st.onset_before = r.level_before
                         st.abrupt = False
                         st.onset_eff, st.onset_jump, st.onset_moves = 0.0, 0.0, 0
@@ -709,8 +722,9 @@ class ReferenceDetectors:
             for i in idx:
                 r = seen[i]
                 assert r is not None
-                if r.moved:
-                    st.dev_ts = ts[i] if st.dev_ts is None else max(st.dev_ts, ts[i])
+                for j in range(r.moved):
+                    was = st.moved_ts[j]
+                    st.moved_ts[j] = ts[i] if was is None else max(was, ts[i])
 
         # drift, per completed segment; a reading is judged by the one before its own.
         on_before = [st.on for st in self._state]

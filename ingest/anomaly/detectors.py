@@ -59,6 +59,10 @@ _SHARED_NS = 10 * 1_000_000_000
 # A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
 # loads a gauge near a support far less than one at mid-span.
 _SHARED_Z = 3.0
+# Levels of a move (in the mover's robust sigmas) that the shared test tells apart, and how
+# large a neighbour's move must be, against a run's first jump, to explain it.
+_MOVE_LEVELS = np.array([_SHARED_Z, 6.0, 12.0, 24.0, 48.0])
+_PROPORTION = 4.0
 _RATE_NOISE_Z = 4.0
 # A change from the reading before this many times spike_z sigmas of the usual changes.
 _ODD_CHANGE = 2.5
@@ -167,7 +171,8 @@ class Detectors:
         self.onset_before = np.zeros(n)  # the level before the run began
         self.onset_alone = np.zeros(n, dtype=bool)  # no neighbour moved at its start
         self.odd = np.zeros(n, dtype=bool)  # did the last reading change oddly?
-        self.dev_ts = np.full(n, NO_TIME, dtype=np.int64)  # last reading beyond _SHARED_Z
+        # The last reading that moved beyond each of _MOVE_LEVELS (in its own sigmas).
+        self.moved_ts = np.full((n, len(_MOVE_LEVELS)), NO_TIME, dtype=np.int64)
 
     # -- the check -------------------------------------------------------------------------
 
@@ -317,18 +322,33 @@ class Detectors:
         # Moving is jumping from the reading before: a reading far from an old reference
         # (a room cooling through the night) has not moved with anything.
         asked = onset[~carried]
-        moving = jump > _SHARED_Z
+        level = np.where(np.isfinite(jump), np.searchsorted(_MOVE_LEVELS, jump, "left"), 0)
         # An opened window shows in a room's temperature and humidity within the minute, as
         # a change beyond their usual ones, while their level barely leaves its lesson's
         # spread.
         air = np.flatnonzero(self.air[s])
         if len(air):
             floor = self.floor[s[air]]
-            moving[air] |= np.abs(change[air]) > _SHARED_Z * np.maximum(usual[air], floor)
-        answers = self._shared(s, t, moving, np.concatenate([asked, cand]))
-        shared, shared_odd = answers[: len(asked)], answers[len(asked) :]
+            aired = np.abs(change[air]) > _SHARED_Z * np.maximum(usual[air], floor)
+            level[air[aired]] = np.maximum(level[air[aired]], 1)
+        # Whether a run began as a lone jump asks for a neighbour that moved in proportion:
+        # a lorry's few sigmas on the next gauge do not explain a jump of a hundred.
+        with np.errstate(invalid="ignore"):
+            own = np.nan_to_num(jump[asked] / _PROPORTION)
+        proportional = np.maximum(np.searchsorted(_MOVE_LEVELS, own, "right"), 1)
+        na = len(asked)
+        answers = self._shared(
+            s,
+            t,
+            level.astype(np.int64),
+            np.concatenate([asked, asked, cand]),
+            np.concatenate([np.ones(na, np.int64), proportional, np.ones(len(cand), np.int64)]),
+        )
+        shared, shared_odd = answers[:na], answers[2 * na :]
         shared_at = np.zeros(len(d), dtype=bool)
         shared_at[~carried] = shared
+        alone_at = np.zeros(len(d), dtype=bool)
+        alone_at[~carried] = ~answers[na : 2 * na]
         # A sensor's step is a jump to a new level that then holds; in an opened window the
         # reading keeps moving after its first jump. The new level is read where the run
         # is as long as the level's window (its first reading below 1 Hz, a second into it
@@ -343,7 +363,7 @@ class Detectors:
         old_level = np.where(carried, self.onset_before[ds], level_before[onset])
         level = np.where(before_batch, self.onset_eff[ds], level_eff[a])
         size = np.where(before_batch, self.onset_jump[ds], np.abs(level - old_level))
-        alone = np.where(carried, self.onset_alone[ds], ~shared_at[head])
+        alone = np.where(carried, self.onset_alone[ds], alone_at[head])
         with np.errstate(invalid="ignore"):
             jumped = size > self.step_z[ds] * level_sigma[a]
         # A paired gauge jumped only if its reading jumped too, not just its thermometer.
@@ -406,23 +426,32 @@ class Detectors:
         self.last_value[uniq] = v[lasts]
         self.last_eff[uniq] = eff[lasts]
 
-    def _shared(self, s: I64, t: I64, moving: Bool, at: I64) -> Bool:
+    def _shared(self, s: I64, t: I64, level: I64, at: I64, need: I64) -> Bool:
         """For each reading at positions ``at``: did another series of its group move
-        beyond _SHARED_Z within the ten seconds up to it (this batch, or remembered)?
+        beyond ``_MOVE_LEVELS[need - 1]`` within the ten seconds up to it (this batch, or
+        remembered)? ``level``: per reading, how many of the levels its move passed.
         Looking back only keeps the answer the same however the readings are batched."""
-        if len(at) == 0:
-            self._remember_moves(s, t, moving)
-            return np.zeros(0, dtype=bool)
-        lo = int(t[at].min()) - _SHARED_NS
-        m = np.flatnonzero(moving & (t >= lo))  # earlier moves are in no one's window
-        recent = np.flatnonzero(self.dev_ts >= lo)
-        ev_s = np.concatenate([s[m], recent])
-        ev_t = np.concatenate([t[m], self.dev_ts[recent]])
-        self._remember_moves(s, t, moving)
+        out = np.zeros(len(at), dtype=bool)
+        lo = int(t[at].min()) - _SHARED_NS if len(at) else 0
+        events: list[tuple[I64, I64]] = []
+        for k in range(1, len(_MOVE_LEVELS) + 1):
+            col = self.moved_ts[:, k - 1]
+            q = np.flatnonzero(need == k)
+            if len(q):
+                m = np.flatnonzero((level >= k) & (t >= lo))  # earlier moves: no one's window
+                recent = np.flatnonzero(col >= lo)
+                events.append((np.concatenate([s[m], recent]), np.concatenate([t[m], col[recent]])))
+                out[q] = self._moved_near(events[-1], s[at[q]], t[at[q]], lo)
+            moved = np.flatnonzero(level >= k)
+            if len(moved):
+                np.maximum.at(col, s[moved], t[moved])
+        return out
+
+    def _moved_near(self, events: tuple[I64, I64], qs: I64, qt: I64, lo: int) -> Bool:
+        ev_s, ev_t = events
         if len(ev_s) == 0:
-            return np.zeros(len(at), dtype=bool)
-        unit = key_unit(lo, int(max(ev_t.max(), t[at].max())))
-        qs, qt = s[at], t[at]
+            return np.zeros(len(qs), dtype=bool)
+        unit = key_unit(lo, int(max(ev_t.max(), qt.max())))
 
         def within(high_ev: I64, high_q: I64) -> I64:
             keys = np.sort(time_keys(high_ev, ev_t, lo, unit))
@@ -430,18 +459,14 @@ class Detectors:
             b = np.searchsorted(keys, time_keys(high_q, qt, lo, unit), "right")
             return (b - a).astype(np.int64)
 
-        return within(self.group[ev_s], self.group[qs]) > within(ev_s, qs)
-
-    def _remember_moves(self, s: I64, t: I64, moving: Bool) -> None:
-        m = np.flatnonzero(moving)
-        if len(m):
-            np.maximum.at(self.dev_ts, s[m], t[m])
+        counted: Bool = within(self.group[ev_s], self.group[qs]) > within(ev_s, qs)
+        return counted
 
     # -- state across restarts -----------------------------------------------------------
 
     _STATE = (
         "first_ts", "last_ts", "last_value", "last_eff", "dev_run", "abrupt", "onset_eff",
-        "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd", "dev_ts",
+        "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd", "moved_ts",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -473,7 +498,8 @@ class Detectors:
                 return 0
             mine, theirs = (np.array(x, dtype=np.int64) for x in zip(*pairs, strict=True))
             for key in self._STATE:
-                getattr(self, key)[mine] = data[key][theirs]
+                if key in data.files:  # a newer version's state starts fresh
+                    getattr(self, key)[mine] = data[key][theirs]
             parts = (("drift_", self.drift), ("stuck_", self.stuck), ("held_", self.held))
             for prefix, part in parts:
                 n = len(prefix)

@@ -59,7 +59,7 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     "strain": DetectorParams(
         noise_floor=0.25,
         spike_z=12.0,
-        spike_tail=2.5,
+        spike_tail=2.0,
         step_z=6.0,
         step_min_s=45.0,
         shift_z=8.0,

@@ -218,6 +218,38 @@ def test_stuck_value(registry: Registry) -> None:
     assert not has(young, AnomalyFlag.STUCK).any()
 
 
+@pytest.mark.parametrize("per_batch", [1, 20, 200])
+def test_a_lorry_on_the_next_gauge_does_not_explain_a_sensor_step(
+    registry: Registry, per_batch: int
+) -> None:
+    """A lorry bends the next gauge by a few microstrain at the moment one gauge's reading
+    jumps by a hundred and stays: the jump is that sensor's step. Both gauges jumping
+    alike and staying is not one sensor's fault."""
+    n = 200
+    ts = T0 + np.arange(n, dtype=np.int64) * TEN_S
+
+    def marks(b_jump: float) -> tuple[bool, bool]:
+        det = Detectors(registry.series)
+        a, b = quiet(n, 100.0, seed=10), quiet(n, -200.0, seed=11)
+        a[150:] += 100.0
+        b[150] += b_jump  # the lorry, one reading
+        if b_jump > 50:
+            b[150:] += b_jump - b[150] + b[149]  # ... or a lasting jump of the same size
+        flags = np.zeros(n, dtype=np.int32)
+        for lo in range(0, n, per_batch):
+            sl = slice(lo, lo + per_batch)
+            k = len(ts[sl])
+            batch = ReadingBatch.unchecked(
+                np.r_[np.full(k, G1), np.full(k, G2)], np.r_[ts[sl], ts[sl]], np.r_[a[sl], b[sl]]
+            )
+            det.check(batch)
+            flags[sl] = batch.flags[:k]
+        return bool(has(flags, AnomalyFlag.STEP).any()), bool(has(flags, AnomalyFlag.SHIFT).any())
+
+    assert marks(6.0) == (True, False)
+    assert marks(100.0) == (False, True)
+
+
 ROOM = """\
 sites:
   s1:
