@@ -20,6 +20,7 @@ COPY devices ./devices
 COPY ingest ./ingest
 COPY alerts ./alerts
 COPY dashboards ./dashboards
+COPY export ./export
 COPY stadtpuls ./stadtpuls
 RUN uv sync --frozen --no-dev
 

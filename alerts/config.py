@@ -2,7 +2,7 @@
 
 The defaults follow DOMAIN.md: the Umweltbundesamt's guidance for classroom air (CO2 above
 1000 ppm: air the room; above 2000 ppm: unacceptable) and each gauge's design limit from the
-registry. Channels are configured by the service's settings, which know their secrets.
+registry. Each channel's settings model lives with the channel in ``alerts.channels``.
 """
 
 from __future__ import annotations

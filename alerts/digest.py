@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from alerts.incidents import INCIDENT
 from alerts.state import AlertStore
 from devices.registry import Registry
-from ingest.stores.base import ReadingQuery, StoredReading
-
-
-class Readings(Protocol):
-    """Where the digest reads from: the SQLite store, or InfluxDB through Flux."""
-
-    def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
-
+from ingest.stores.base import ReadingQuery, ReadingSource
 
 CO2_AIR = 1000.0  # ppm, Umweltbundesamt: above this, air the room
 
 
 def site_digest(
     registry: Registry,
-    readings: Readings,
+    readings: ReadingSource,
     alerts: AlertStore,
     site: str,
     end: datetime,

@@ -3,7 +3,9 @@
 Each channel has its own bounded queue and worker thread, so a mail server that hangs
 for its full timeout delays only the mail. Within a channel notifications go out in the
 order submitted (a RESOLVED never overtakes its FIRING), and a failed send blocks that
-channel's queue while it is retried with backoff. Every attempt is recorded through the
+channel's queue while it is retried with backoff (``DeliveryRetry``; at least as long as
+the other side asked with ``Retry-After``). Channels never retry by themselves, so one
+notification makes at most ``attempts`` attempts. Every attempt is recorded through the
 ``record`` callback, and so is every notification given up without one more attempt:
 
     record(channel_name, notification, attempt, ok, error)
@@ -19,6 +21,7 @@ is no REPEAT to drop, as losing them would hide an incident.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -26,21 +29,49 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from alerts.channels.base import Channel, DeliveryError, RetrySettings
+from alerts.channels.base import Channel, DeliveryError
 from alerts.model import Event, Notification
 
-__all__ = ["DispatchSettings", "Dispatcher", "Recorder"]
+__all__ = ["DeliveryRetry", "DispatchSettings", "Dispatcher", "Recorder"]
 
 log = logging.getLogger(__name__)
 
 Recorder = Callable[[str, Notification, int, bool, str | None], None]
 
-_RETRY = RetrySettings(attempts=6, base_delay=timedelta(seconds=2), max_delay=timedelta(minutes=5))
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRetry:
+    """How often and how patiently a notification is tried on one channel: exponential
+    backoff with jitter between the attempts."""
+
+    attempts: int = 6  # including the first; 1 means no retry
+    base_delay: timedelta = timedelta(seconds=2)
+    max_delay: timedelta = timedelta(minutes=5)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if self.base_delay < timedelta(0) or self.max_delay < self.base_delay:
+            raise ValueError("need 0 <= base_delay <= max_delay")
+
+    def delay(self, failed_attempts: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after the ``failed_attempts``-th failure (1-based), at least
+        ``retry_after`` (what the other side asked for) up to ``max_delay``.
+
+        Half the backoff is fixed and half random, so channels that failed together
+        (the network came back) do not all retry in the same instant, yet the wait never
+        collapses to nothing."""
+        longest = self.max_delay.total_seconds()
+        ceiling = min(longest, self.base_delay.total_seconds() * 2 ** max(0, failed_attempts - 1))
+        wait = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, longest))
+        return wait
 
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    retry: RetrySettings = _RETRY  # attempts per notification and channel, and their backoff
+    retry: DeliveryRetry = DeliveryRetry()  # attempts per notification and channel
     queue_size: int = 1000  # per channel
     close_timeout: timedelta = timedelta(seconds=10)  # for draining on close()
 
@@ -127,7 +158,6 @@ class Dispatcher:
             self._stop.set()
             self._changed.notify_all()
         for lane in self._lanes.values():
-            # Closing interrupts a channel's own retry wait (the webhook's).
             lane.channel.close()
         for lane in self._lanes.values():
             if lane.thread is not None:
@@ -181,10 +211,12 @@ class Dispatcher:
     def _deliver(self, channel: Channel, notification: Notification) -> None:
         retry = self.settings.retry
         for attempt in range(1, retry.attempts + 1):
+            retry_after: float | None = None
             try:
                 channel.send(notification)
             except DeliveryError as exc:
                 self._record(channel.name, notification, attempt, ok=False, error=str(exc))
+                retry_after = exc.retry_after
                 if not exc.retry:
                     log.warning(
                         "alert channel %s gave up on %s: %s",
@@ -204,7 +236,7 @@ class Dispatcher:
             else:
                 self._record(channel.name, notification, attempt, ok=True, error=None)
                 return
-            if attempt < retry.attempts and self._stop.wait(retry.delay(attempt)):
+            if attempt < retry.attempts and self._stop.wait(retry.delay(attempt, retry_after)):
                 self._record(
                     channel.name, notification, 0, ok=False,
                     error="dropped: dispatcher closed while waiting to retry",

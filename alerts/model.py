@@ -90,6 +90,36 @@ class Alert:
         out.update(self.labels)
         return out
 
+    def to_json(self, *, listing: bool = False) -> dict[str, Any]:
+        """The alert as JSON: the ``alert`` object of a notification (README "Alerts"),
+        whose ``rule`` is the rule leading it (its ``alertname``). With ``listing``, as
+        ``stadtpuls alerts list --json`` and ``GET /api/v1/alerts`` show it: ``rule`` is
+        the rule of its id (``incident`` for an incident), and no ``resolved_at``."""
+        labels = self.all_labels()
+        body: dict[str, Any] = {
+            "id": self.id,
+            "rule": self.key.rule if listing else labels["alertname"],
+            "site": self.key.site,
+            "device": self.key.device,
+            "channel": self.key.channel,
+            "kind": self.kind,
+            "severity": str(self.severity),
+            "state": str(self.state),
+            "summary": self.summary,
+            "value": self.value,
+            "threshold": self.threshold,
+            "unit": self.unit,
+            "since": _iso(self.since),
+            "fired_at": _iso(self.fired_at),
+        }
+        if not listing:
+            body["resolved_at"] = _iso(self.resolved_at)
+        body["acked_by"] = self.acked_by
+        body["acked_at"] = _iso(self.acked_at)
+        body["labels"] = labels
+        body["annotations"] = dict(self.annotations)
+        return body
+
 
 @dataclass(frozen=True, slots=True)
 class Episode:
@@ -151,28 +181,7 @@ class Notification:
         """The JSON body channels send (MQTT, webhook); README "Alerts" documents it."""
         body: dict[str, Any] = {"event": str(self.event), "at": self.at.isoformat()}
         if self.alert is not None:
-            a = self.alert
-            body["alert"] = {
-                "id": a.id,
-                "rule": a.all_labels()["alertname"],
-                "site": a.key.site,
-                "device": a.key.device,
-                "channel": a.key.channel,
-                "kind": a.kind,
-                "severity": str(a.severity),
-                "state": str(a.state),
-                "summary": a.summary,
-                "value": a.value,
-                "threshold": a.threshold,
-                "unit": a.unit,
-                "since": _iso(a.since),
-                "fired_at": _iso(a.fired_at),
-                "resolved_at": _iso(a.resolved_at),
-                "acked_by": a.acked_by,
-                "acked_at": _iso(a.acked_at),
-                "labels": a.all_labels(),
-                "annotations": dict(a.annotations),
-            }
+            body["alert"] = self.alert.to_json()
         if self.previous is not None:
             body["previous"] = {
                 "rule": self.previous.all_labels()["alertname"],

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dashboards.export import ExportStats, export_stream
-from dashboards.formats import ExportFormat
-from dashboards.query import ExportRequest, Layout, Resolution
 from devices.registry import Registry, parse_registry
+from export.formats import ExportFormat
+from export.query import ExportRequest, Layout, Resolution
+from export.stream import ExportStats, export_stream
 from ingest.batch import ReadingBatch
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore

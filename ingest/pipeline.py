@@ -26,7 +26,7 @@ from devices.codecs import Decoded, Decoder, ReadingRejected
 from ingest.anomaly import AnomalyCheck
 from ingest.batch import InboundMessage, ReadingBatch, Receipt, Rejection, message_digest
 from ingest.metrics import IngestMetrics
-from ingest.stores.base import Store
+from ingest.stores.base import Committer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Pipeline:
         self,
         decoder: Decoder,
         check: AnomalyCheck,
-        store: Store,
+        store: Committer,
         metrics: IngestMetrics,
         listeners: Sequence[BatchListener] = (),
     ) -> None:

@@ -6,70 +6,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from alerts.digest import Readings, site_digest
+from alerts.channels import ChannelContext, ServiceBroker
+from alerts.digest import site_digest
 from alerts.dispatch import Dispatcher
 from alerts.engine import AlertEngine, PipelineHealth
 from alerts.jobs import AlertJobs
-from alerts.model import Alert, Notification, Severity
+from alerts.routing import SeverityRouter
 from alerts.state import AlertStore
 from devices.registry import Registry
-from stadtpuls.alert_settings import ServiceBroker, build_channel
+from ingest.stores.base import ReadingSource
 from stadtpuls.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
-
-
-class SeverityRouter:
-    """Sends each alert to the channels whose ``min_severity`` it reaches; digests to all.
-
-    An incident is routed by the highest severity it speaks of (its peak, what it was
-    before an escalation): a channel that heard it fire as critical also hears it
-    de-escalate and resolve, and is not left with an open alert."""
-
-    def __init__(self, dispatcher: Dispatcher, min_severity: dict[str, Severity]) -> None:
-        self.dispatcher = dispatcher
-        self.min_severity = min_severity
-
-    def submit(self, notification: Notification) -> None:
-        severity = notification.highest_severity()
-        names = [
-            name
-            for name, least in self.min_severity.items()
-            if severity is None or _RANK[severity] >= _RANK[least]
-        ]
-        if names:
-            self.dispatcher.submit(notification, names)
-
-
-def alert_json(a: Alert) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "rule": a.key.rule,
-        "site": a.key.site,
-        "device": a.key.device,
-        "channel": a.key.channel,
-        "kind": a.kind,
-        "severity": str(a.severity),
-        "state": str(a.state),
-        "summary": a.summary,
-        "value": a.value,
-        "threshold": a.threshold,
-        "unit": a.unit,
-        "since": None if a.since is None else a.since.isoformat(),
-        "fired_at": None if a.fired_at is None else a.fired_at.isoformat(),
-        "acked_by": a.acked_by,
-        "acked_at": None if a.acked_at is None else a.acked_at.isoformat(),
-        "labels": a.all_labels(),
-        "annotations": dict(a.annotations),
-    }
 
 
 class Alerting:
@@ -77,7 +30,7 @@ class Alerting:
         self,
         settings: Settings,
         registry: Registry,
-        readings: Readings,
+        readings: ReadingSource,
         health: Callable[[], PipelineHealth],
         maintenance: Sequence[Callable[[], None]] = (),
     ) -> None:
@@ -97,7 +50,8 @@ class Alerting:
             None if m.tls_cert is None else str(m.tls_cert),
             None if m.tls_key is None else str(m.tls_key),
         )
-        channels = [build_channel(c, settings.topic_prefix, broker) for c in cfg.channels]
+        context = ChannelContext(settings.topic_prefix, broker)
+        channels = [c.build(context) for c in cfg.channels]
         self.dispatcher = Dispatcher(channels, self.store.record_delivery)
         router = SeverityRouter(self.dispatcher, {c.name: c.min_severity for c in cfg.channels})
         self.engine = AlertEngine(
@@ -128,7 +82,7 @@ class Alerting:
 
     def routes(self) -> list[BaseRoute]:
         async def list_alerts(request: Request) -> Response:
-            return JSONResponse({"alerts": [alert_json(a) for a in self.engine.active()]})
+            return JSONResponse({"alerts": [a.to_json(listing=True) for a in self.engine.active()]})
 
         async def acknowledge(request: Request) -> Response:
             try:

@@ -14,21 +14,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from alerts.engine import PipelineHealth
-from dashboards.tokens import TokenStore
 from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry
 from devices.topics import TopicScheme
+from export.api import ExportApi, ExportCaps
+from export.tokens import TokenStore
 from ingest.anomaly import Detectors
 from ingest.batch import ReadingBatch
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, Pipeline
-from ingest.stores.base import Store
-from ingest.stores.influx import InfluxSettings, InfluxStore, InfluxWriteStats
+from ingest.stores.base import ReadingSource, Store, WriteStats
+from ingest.stores.flux import FluxSource
+from ingest.stores.influx import InfluxSettings, InfluxStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from ingest.subscriber import MqttSettings, MqttSubscriber
 from stadtpuls.alerting import Alerting
-from stadtpuls.exportapi import ExportApi, build_export_source, export_caps
 from stadtpuls.settings import Settings
 from stadtpuls.web import HttpServer, build_app
 from stadtpuls.workers import worker_share
@@ -51,23 +52,39 @@ def build_decoder(settings: Settings, registry: Registry) -> Decoder:
     return Decoder(registry, TopicScheme(settings.topic_prefix), decode_limits(settings))
 
 
-def build_store(settings: Settings, registry: Registry) -> Store:
-    local = SqliteSettings(settings.database_path, synchronous=settings.store.sqlite_synchronous)
-    if settings.store.backend == "sqlite":
-        return SqliteStore(local, registry.series)
-    token = settings.influxdb.token
-    assert token is not None  # the settings refuse an influxdb backend without a token
-    influx = InfluxSettings(
-        url=settings.influxdb.url,
-        org=settings.influxdb.org,
-        bucket=settings.influxdb.bucket,
-        token=token.get_secret_value(),
-        timeout=settings.influxdb.timeout,
-        chunk_size=settings.influxdb.chunk_size,
+def influx_settings(settings: Settings) -> InfluxSettings:
+    i = settings.influxdb
+    assert i.token is not None  # the settings refuse an influxdb backend without a token
+    return InfluxSettings(
+        url=i.url,
+        org=i.org,
+        bucket=i.bucket,
+        token=i.token.get_secret_value(),
+        timeout=i.timeout,
+        chunk_size=i.chunk_size,
     )
-    store = InfluxStore(influx, local, registry.series)
+
+
+def build_store(settings: Settings, registry: Registry) -> Store:
+    """The configured store, started (the InfluxDB store's drain runs from here on)."""
+    local = SqliteSettings(settings.database_path, synchronous=settings.store.sqlite_synchronous)
+    store: Store
+    if settings.store.backend == "sqlite":
+        store = SqliteStore(local, registry.series)
+    else:
+        store = InfluxStore(influx_settings(settings), local, registry.series)
     store.start()
     return store
+
+
+def flux_source(settings: Settings, registry: Registry) -> FluxSource:
+    """InfluxDB's readings without a store: no journal and no drain."""
+    return FluxSource(influx_settings(settings), registry.series)
+
+
+def export_caps(settings: Settings) -> ExportCaps:
+    e = settings.export
+    return ExportCaps(e.max_range, e.max_exports_per_minute, e.licence)
 
 
 def mqtt_settings(settings: Settings) -> MqttSettings:
@@ -108,7 +125,7 @@ class _StateSaver:
 class _InfluxCollector(Collector):
     """Exposes the InfluxDB drain's counters, which its thread keeps as plain integers."""
 
-    def __init__(self, stats: InfluxWriteStats) -> None:
+    def __init__(self, stats: WriteStats) -> None:
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
@@ -155,13 +172,12 @@ class Service:
         restored = self.detectors.load(self.anomaly_state_path)
         if restored:
             log.info("anomaly state restored for %d series", restored)
-        # The export and the alert digest read the same way: SQLite directly, InfluxDB
-        # through Flux.
-        source = build_export_source(settings, registry, self.store)
+        # The export and the alert digest read through the store: SQLite directly,
+        # InfluxDB through Flux.
         self.alerting: Alerting | None = None
         if settings.alerts.enabled:
             self.alerting = Alerting(
-                settings, registry, source, self._health, maintenance=[self.store.maintain]
+                settings, registry, self.store, self._health, maintenance=[self.store.maintain]
             )
         alert_listeners = [] if self.alerting is None else [self.alerting.engine]
         self.pipeline = Pipeline(
@@ -184,16 +200,16 @@ class Service:
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
-        stats = getattr(self.store, "stats", None)
-        if isinstance(stats, InfluxWriteStats):
-            self.metrics.registry.register(_InfluxCollector(stats))
+        if self.store.stats is not None:
+            self.metrics.registry.register(_InfluxCollector(self.store.stats))
         self.tokens = TokenStore(settings.token_db_path)
         # Every worker reads the shared InfluxDB, so any of them can export any site; a
         # worker's SQLite store holds its own sites only.
-        export_registry, export_source = registry, source
+        export_registry = registry
+        export_source: ReadingSource = self.store
         if settings.store.backend == "influxdb" and registry is not full_registry:
             export_registry = full_registry
-            export_source = build_export_source(settings, full_registry, self.store)
+            export_source = flux_source(settings, full_registry)
         export_api = ExportApi(
             export_source,
             export_registry,

@@ -29,8 +29,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from devices.registry import Duration
 from devices.topics import TopicScheme
+from ingest.secrets import read_secret
 from stadtpuls.alert_settings import CHANNEL_FILE_KEYS, AlertsSection
-from stadtpuls.secrets import read_secret
 
 
 class ConfigError(ValueError):

@@ -3,7 +3,7 @@ standard library so the channels add no dependency.
 
 Transport failures (refused, reset, timed out) become ``DeliveryError(retry=True)``; any
 answer from the server, whatever its status, is returned for the caller to judge with
-``status_error``.
+``status_error``, whose error carries the server's ``Retry-After`` for the dispatcher.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from alerts.channels.base import DeliveryError
+from ingest.retry import parse_retry_after
 
 USER_AGENT = "stadtpuls-alerts"
 _ERROR_TEXT_LIMIT = 300  # enough of a response body to say why, not enough to flood a log
@@ -26,7 +27,7 @@ _ERROR_TEXT_LIMIT = 300  # enough of a response body to say why, not enough to f
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
     status: int
-    retry_after_s: float | None  # from a Retry-After header in seconds, if any
+    retry_after_s: float | None  # from a Retry-After header, in seconds, if any
     text: str  # the start of the response body
 
 
@@ -74,7 +75,7 @@ def post(
     except urllib.error.HTTPError as exc:
         with exc:
             text = _text(exc.read(_ERROR_TEXT_LIMIT))
-        return HttpAnswer(exc.code, _retry_after(exc.headers.get("Retry-After")), text)
+        return HttpAnswer(exc.code, parse_retry_after(exc.headers.get("Retry-After")), text)
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
             raise DeliveryError(f"POST {url}: {exc.reason}", retry=False) from exc
@@ -84,23 +85,17 @@ def post(
 
 
 def status_error(url: str, answer: HttpAnswer) -> DeliveryError | None:
-    """None for a 2xx; otherwise the error, retryable for 408, 429 and 5xx."""
+    """None for a 2xx; otherwise the error, retryable for 408, 429 and 5xx, and then
+    carrying the answer's ``Retry-After``."""
     if 200 <= answer.status < 300:
         return None
     retry = answer.status in (408, 429) or answer.status >= 500
     detail = f": {answer.text}" if answer.text else ""
-    return DeliveryError(f"POST {url}: HTTP {answer.status}{detail}", retry=retry)
-
-
-def _retry_after(value: str | None) -> float | None:
-    # The HTTP-date form is rare from webhook receivers; only seconds are honoured.
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+    return DeliveryError(
+        f"POST {url}: HTTP {answer.status}{detail}",
+        retry=retry,
+        retry_after=answer.retry_after_s if retry else None,
+    )
 
 
 def _text(raw: bytes) -> str:

@@ -32,13 +32,26 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
 
 from alerts.channels._http import build_opener, check_http_url, post, status_error
+from alerts.channels.base import (
+    ChannelContext,
+    ChannelSettings,
+    path_str,
+    plain,
+    register_channel,
+)
 from alerts.model import Alert, Event, Notification
+from devices.registry import Duration
+from ingest.secrets import read_secret
 
 __all__ = [
     "AlertmanagerChannel",
+    "AlertmanagerChannelModel",
     "AlertmanagerSettings",
     "alertmanager_alert",
     "alertmanager_alerts",
@@ -179,3 +192,41 @@ def _description(alert: Alert) -> str:
 def _rfc3339(t: datetime) -> str:
     # Alertmanager needs an offset; the model's times are UTC, naive ones included.
     return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).isoformat()
+
+
+@register_channel
+class AlertmanagerChannelModel(ChannelSettings):
+    """``type: alertmanager`` under ``alerts.channels``."""
+
+    type: Literal["alertmanager"]
+    url: str = Field(pattern=r"^https?://")
+    external_url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        self.password = read_secret(self.password, self.password_file, f"{self.name}.password")
+        self.bearer_token = read_secret(
+            self.bearer_token, self.bearer_token_file, f"{self.name}.bearer_token"
+        )
+        return self
+
+    def build(self, context: ChannelContext) -> AlertmanagerChannel:
+        return AlertmanagerChannel(
+            self.name,
+            AlertmanagerSettings(
+                url=self.url,
+                external_url=self.external_url,
+                username=self.username,
+                password=plain(self.password),
+                bearer_token=plain(self.bearer_token),
+                ca_file=path_str(self.ca_file),
+                timeout=self.timeout,
+            ),
+        )

@@ -1,64 +1,120 @@
-"""The one protocol every channel meets."""
+"""What every channel shares: the ``Channel`` protocol, ``DeliveryError``, the settings
+model a channel's entry under ``alerts.channels`` is read into, and the registry of
+channel kinds those models fill."""
 
 from __future__ import annotations
 
 import json
-import random
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Protocol
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar, get_args
 
-from alerts.model import Notification
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from alerts.model import Notification, Severity
 
 
 class DeliveryError(Exception):
     """A delivery failed. ``retry`` says whether the same notification may succeed later
-    (a timeout, a 5xx) or never will (a 4xx, a refused recipient)."""
+    (a timeout, a 5xx) or never will (a 4xx, a refused recipient); ``retry_after`` is
+    how long the other side asked us to wait (HTTP ``Retry-After``), in seconds."""
 
-    def __init__(self, message: str, *, retry: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retry: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retry = retry
+        self.retry_after = retry_after
 
 
 class Channel(Protocol):
     name: str  # unique per configured channel, e.g. "ops-mail"
 
     def send(self, notification: Notification) -> None:
-        """Deliver one notification, blocking until it is accepted by the other side;
-        raise ``DeliveryError`` when it was not. Retries across attempts are the
-        dispatcher's job; a channel may retry within one attempt only where its protocol
-        asks for it."""
+        """Deliver one notification with one attempt, blocking until it is accepted by
+        the other side; raise ``DeliveryError`` when it was not. Retrying is the
+        dispatcher's job alone (``alerts.dispatch``)."""
         ...
 
     def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class RetrySettings:
-    """Exponential backoff with jitter, shared by channels that retry within one send
-    (the webhook) and by the dispatcher between sends."""
+class ServiceBroker:
+    """The service's own broker connection, which an MQTT channel without a host of its
+    own shares: the same host, port, account and TLS."""
 
-    attempts: int = 5  # including the first; 1 means no retry
-    base_delay: timedelta = timedelta(seconds=1)
-    max_delay: timedelta = timedelta(seconds=60)
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
-        if self.base_delay < timedelta(0) or self.max_delay < self.base_delay:
-            raise ValueError("need 0 <= base_delay <= max_delay")
 
-    def delay(self, failed_attempts: int) -> float:
-        """Seconds to wait after the ``failed_attempts``-th failure (1-based).
+@dataclass(frozen=True, slots=True)
+class ChannelContext:
+    """What a channel is built with besides its own settings."""
 
-        Half the backoff is fixed and half random, so channels that failed together
-        (the network came back) do not all retry in the same instant, yet the wait never
-        collapses to nothing."""
-        ceiling = min(
-            self.max_delay.total_seconds(),
-            self.base_delay.total_seconds() * 2 ** max(0, failed_attempts - 1),
+    topic_prefix: str
+    broker: ServiceBroker
+
+
+class ChannelSettings(BaseModel, ABC):
+    """One entry of ``alerts.channels``: the keys every channel has. A channel module
+    subclasses it with ``type: Literal["<kind>"]`` and its own keys, implements
+    ``build``, and registers the subclass with ``@register_channel``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Only alerts of this severity or above go to the channel; digests go to all.
+    min_severity: Severity = Severity.INFO
+
+    @abstractmethod
+    def build(self, context: ChannelContext) -> Channel:
+        """The channel these settings describe."""
+
+    @classmethod
+    def file_keys(cls) -> tuple[str, ...]:
+        """The keys that name files, which the settings resolve against their folder."""
+        return tuple(
+            name
+            for name, info in cls.model_fields.items()
+            if info.annotation is Path or Path in get_args(info.annotation)
         )
-        return random.uniform(ceiling / 2, ceiling)
+
+
+# The kinds of channel the settings accept: ``type`` -> its settings model.
+CHANNEL_KINDS: dict[str, type[ChannelSettings]] = {}
+
+_M = TypeVar("_M", bound=ChannelSettings)
+
+
+def register_channel(model: type[_M]) -> type[_M]:
+    """Class decorator: the settings accept entries of ``model``'s ``type``."""
+    declared = model.model_fields.get("type")
+    kinds = () if declared is None else get_args(declared.annotation)
+    if len(kinds) != 1 or not isinstance(kinds[0], str):
+        raise TypeError(f"{model.__name__} needs a field type: Literal['<kind>']")
+    kind = kinds[0]
+    known = CHANNEL_KINDS.get(kind)
+    if known is not None and known is not model:
+        raise TypeError(f"channel kind {kind!r} is taken by {known.__name__}")
+    CHANNEL_KINDS[kind] = model
+    return model
+
+
+def plain(value: SecretStr | None) -> str | None:
+    """A secret from the settings as the plain string a channel sends."""
+    return None if value is None else value.get_secret_value()
+
+
+def path_str(value: Path | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def json_body(notification: Notification) -> bytes:

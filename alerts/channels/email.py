@@ -21,13 +21,25 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, make_msgid
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo
 
-from alerts.channels.base import DeliveryError
-from alerts.model import SEVERITY_RANK, Alert, Event, Notification
+from pydantic import Field, SecretStr, model_validator
 
-__all__ = ["EmailChannel", "EmailSettings", "render_message"]
+from alerts.channels.base import (
+    ChannelContext,
+    ChannelSettings,
+    DeliveryError,
+    path_str,
+    plain,
+    register_channel,
+)
+from alerts.model import SEVERITY_RANK, Alert, Event, Notification
+from devices.registry import Duration
+from ingest.secrets import read_secret
+
+__all__ = ["EmailChannel", "EmailChannelModel", "EmailSettings", "render_message"]
 
 _EVENT_WORDS = {
     Event.FIRING: "FIRING",
@@ -302,3 +314,43 @@ def _refusals(refused: Mapping[str, tuple[int, bytes]]) -> str:
         f"{address} ({code} {reply.decode(errors='replace')})"
         for address, (code, reply) in refused.items()
     )
+
+
+@register_channel
+class EmailChannelModel(ChannelSettings):
+    """``type: email`` under ``alerts.channels``."""
+
+    type: Literal["email"]
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    ca_file: Path | None = None
+    timeout: Duration = timedelta(seconds=15)
+    timezone: str = "Europe/Berlin"
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        self.password = read_secret(self.password, self.password_file, f"{self.name}.password")
+        return self
+
+    def build(self, context: ChannelContext) -> EmailChannel:
+        return EmailChannel(
+            self.name,
+            EmailSettings(
+                host=self.host,
+                port=self.port,
+                security=self.security,
+                username=self.username,
+                password=plain(self.password),
+                sender=self.sender,
+                recipients=tuple(self.recipients),
+                ca_file=path_str(self.ca_file),
+                timeout=self.timeout,
+                timezone=self.timezone,
+            ),
+        )

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Self
 
 import niquests
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException, TokenAuth
+from pydantic import Field, SecretStr, model_validator
 
-from alerts.channels.base import DeliveryError
+from alerts.channels.base import (
+    ChannelContext,
+    ChannelSettings,
+    DeliveryError,
+    plain,
+    register_channel,
+)
 from alerts.model import Alert, Event, Notification
+from devices.registry import Duration
+from ingest.secrets import read_secret
 
 TAG = "stadtpuls-alert"
 
@@ -119,3 +129,29 @@ class GrafanaAnnotationChannel:
 
     def close(self) -> None:
         pass
+
+
+@register_channel
+class GrafanaChannelModel(ChannelSettings):
+    """``type: grafana`` under ``alerts.channels``: alerts as annotations on the generated
+    dashboards."""
+
+    type: Literal["grafana"]
+    url: str = Field(pattern=r"^https?://")
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        self.token = read_secret(self.token, self.token_file, f"{self.name}.token")
+        if self.token is None:
+            raise ValueError(f"grafana channel {self.name} needs a token (or token_file)")
+        return self
+
+    def build(self, context: ChannelContext) -> GrafanaAnnotationChannel:
+        token = plain(self.token)
+        assert token is not None  # the model refuses a grafana channel without one
+        return GrafanaAnnotationChannel(
+            self.name, GrafanaSettings(url=self.url, token=token, timeout=self.timeout)
+        )

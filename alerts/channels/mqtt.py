@@ -19,17 +19,29 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import Field, SecretStr, model_validator
 
-from alerts.channels.base import DeliveryError, json_body
+from alerts.channels.base import (
+    ChannelContext,
+    ChannelSettings,
+    DeliveryError,
+    json_body,
+    path_str,
+    plain,
+    register_channel,
+)
 from alerts.model import Notification
+from devices.registry import Duration
+from ingest.secrets import read_secret
 
-__all__ = ["MqttChannel", "MqttChannelSettings", "alert_topic"]
+__all__ = ["MqttChannel", "MqttChannelModel", "MqttChannelSettings", "alert_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +199,58 @@ class MqttChannel:
         if reason.is_failure:
             with self._refused_lock:
                 self._refused[mid] = reason
+
+
+@register_channel
+class MqttChannelModel(ChannelSettings):
+    """``type: mqtt`` under ``alerts.channels``: publishes to the service's own broker
+    unless ``host`` is given."""
+
+    type: Literal["mqtt"]
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    client_id: str = "stadtpuls-alerts"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    timeout: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        self.password = read_secret(self.password, self.password_file, f"{self.name}.password")
+        return self
+
+    def build(self, context: ChannelContext) -> MqttChannel:
+        """Without a host of its own, the channel shares the service's broker connection."""
+        if self.host is None:
+            broker = context.broker
+            settings = MqttChannelSettings(
+                host=broker.host,
+                port=self.port or broker.port,
+                client_id=self.client_id,
+                username=self.username or broker.username,
+                password=plain(self.password) or broker.password,
+                tls=broker.tls,
+                tls_ca=path_str(self.tls_ca) or broker.tls_ca,
+                tls_cert=path_str(self.tls_cert) or broker.tls_cert,
+                tls_key=path_str(self.tls_key) or broker.tls_key,
+                timeout=self.timeout,
+                topic_prefix=context.topic_prefix,
+            )
+        else:
+            settings = MqttChannelSettings(
+                host=self.host,
+                port=self.port or 1883,
+                client_id=self.client_id,
+                username=self.username,
+                password=plain(self.password),
+                tls_ca=path_str(self.tls_ca),
+                tls_cert=path_str(self.tls_cert),
+                tls_key=path_str(self.tls_key),
+                timeout=self.timeout,
+                topic_prefix=context.topic_prefix,
+            )
+        return MqttChannel(self.name, settings)

@@ -1,4 +1,4 @@
-"""The webhook channel: a signed JSON POST, retried with backoff within one send.
+"""The webhook channel: a signed JSON POST, one request per send (the dispatcher retries).
 
 The body is ``Notification.to_json()`` as compact UTF-8 JSON. Two headers let the
 receiver check that it came from us and is fresh::
@@ -15,33 +15,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
 
 from alerts.channels._http import build_opener, check_http_url, post, status_error
-from alerts.channels.base import DeliveryError, RetrySettings, json_body
+from alerts.channels.base import (
+    ChannelContext,
+    ChannelSettings,
+    json_body,
+    path_str,
+    plain,
+    register_channel,
+)
 from alerts.model import Notification
+from devices.registry import Duration
+from ingest.secrets import read_secret
 
 __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "WebhookChannel",
+    "WebhookChannelModel",
     "WebhookSettings",
     "sign",
     "verify_signature",
 ]
 
-log = logging.getLogger(__name__)
-
 TIMESTAMP_HEADER = "X-Stadtpuls-Timestamp"
 SIGNATURE_HEADER = "X-Stadtpuls-Signature"
 _SCHEME = "sha256="
-# Short retries within one send: the channel's later notifications wait behind this one,
-# and a longer outage is the dispatcher's to retry.
-_RETRY = RetrySettings(attempts=4, base_delay=timedelta(seconds=1), max_delay=timedelta(seconds=30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,6 @@ class WebhookSettings:
     url: str
     secret: str = field(repr=False)
     timeout: timedelta = timedelta(seconds=10)  # per HTTP request
-    retry: RetrySettings = _RETRY
     ca_file: str | None = None  # for an https:// receiver with a private CA
 
     def __post_init__(self) -> None:
@@ -88,46 +94,51 @@ class WebhookChannel:
     def __init__(self, name: str, settings: WebhookSettings) -> None:
         self.name = name
         self.settings = settings
-        self.last_attempts = 0  # HTTP requests the last send made, for logs and tests
         self._opener = build_opener(settings.ca_file)
-        self._closed = threading.Event()
 
     def send(self, notification: Notification) -> None:
         s = self.settings
         body = json_body(notification)
-        self.last_attempts = 0
-        for attempt in range(1, s.retry.attempts + 1):
-            self.last_attempts = attempt
-            # Signed afresh for each request, so a late retry is not refused as stale.
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(s.secret, timestamp, body),
-            }
-            retry_after: float | None = None
-            try:
-                answer = post(self._opener, s.url, body, headers, s.timeout.total_seconds())
-            except DeliveryError as exc:
-                error = exc
-            else:
-                found = status_error(s.url, answer)
-                if found is None:
-                    return
-                error, retry_after = found, answer.retry_after_s
-            if not error.retry or attempt == s.retry.attempts:
-                raise error
-            delay = s.retry.delay(attempt)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, s.retry.max_delay.total_seconds()))
-            log.info(
-                "webhook %s attempt %d failed, retrying in %.1f s: %s",
-                self.name, attempt, delay, error,
-                extra={"channel": self.name, "attempt": attempt},
-            )  # fmt: skip
-            if self._closed.wait(delay):
-                raise DeliveryError(f"{error} (channel closed while retrying)", retry=True)
-        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+        # Signed at each send, so a late retry is not refused as stale.
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(s.secret, timestamp, body),
+        }
+        answer = post(self._opener, s.url, body, headers, s.timeout.total_seconds())
+        error = status_error(s.url, answer)
+        if error is not None:
+            raise error
 
     def close(self) -> None:
-        self._closed.set()
+        """Nothing is kept open between sends."""
+
+
+@register_channel
+class WebhookChannelModel(ChannelSettings):
+    """``type: webhook`` under ``alerts.channels``."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    timeout: Duration = timedelta(seconds=10)
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        self.secret = read_secret(self.secret, self.secret_file, f"{self.name}.secret")
+        if self.secret is None:
+            raise ValueError(f"webhook {self.name} needs a secret (or secret_file) to sign with")
+        return self
+
+    def build(self, context: ChannelContext) -> WebhookChannel:
+        secret = plain(self.secret)
+        assert secret is not None  # the model refuses a webhook without one
+        return WebhookChannel(
+            self.name,
+            WebhookSettings(
+                url=self.url, secret=secret, timeout=self.timeout, ca_file=path_str(self.ca_file)
+            ),
+        )

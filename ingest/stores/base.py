@@ -1,4 +1,6 @@
-"""The contract every store meets, and the rows it gives back."""
+"""The contracts of the stores, and the rows they give back: ``ReadingSource`` reads stored
+readings (the export, the alert digest), ``Committer`` is what the pipeline commits to, and
+``Store`` is both plus what the service starts, watches and closes."""
 
 from __future__ import annotations
 
@@ -31,8 +33,30 @@ class StoredReading:
     score: float
 
 
-class Store(Protocol):
-    """Where committed readings go.
+@dataclass(slots=True)
+class WriteStats:
+    """Counters of a store that forwards committed readings to a remote database, for
+    /metrics; written by the store's forwarding thread only.
+
+    ``last_write_error`` describes the latest failed request and is reset to ``None`` by
+    the next accepted one, so it reads as "what is wrong right now".
+    """
+
+    points_written: int = 0
+    write_retries: int = 0
+    points_quarantined: int = 0
+    last_write_error: str | None = None
+
+
+class ReadingSource(Protocol):
+    """Readings of one site in a time range, ordered by time, then device, channel and
+    measurement. Every store is one; exports and the alert digest read through it."""
+
+    def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
+
+
+class Committer(Protocol):
+    """What the pipeline needs of a store.
 
     ``commit`` is the durable commit of the delivery guarantee: when it returns, the
     readings and the quarantine records of one batch survive a crash of the process, and
@@ -52,7 +76,9 @@ class Store(Protocol):
         """The receipt time committed earlier for a message without device time, if any."""
         ...
 
-    def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
+
+class Store(ReadingSource, Committer, Protocol):
+    """Where committed readings go, and what the service starts, watches and closes."""
 
     def journal_depth(self) -> int:
         """Readings committed locally but not yet in the final database (0 if none)."""
@@ -62,6 +88,15 @@ class Store(Protocol):
 
     def maintain(self) -> None:
         """Upkeep the scheduler runs at night (checkpoint, statistics); may take a while."""
+        ...
+
+    @property
+    def stats(self) -> WriteStats | None:
+        """The forwarding counters, or ``None`` for a store that keeps readings itself."""
+        ...
+
+    def start(self) -> None:
+        """Start background work (forwarding to the final database); idempotent."""
         ...
 
     def close(self) -> None: ...

@@ -29,6 +29,9 @@ How a failed write is handled:
 influxdb-client is built with ``retries=False`` (its urllib3 pool then raises connection
 errors at once, never retrying behind our back) and only its synchronous write API is used:
 the batching ``WriteApi`` keeps batches in memory and drops them when its retries run out.
+
+Reads (``readings``, for exports and the alert digest) go to InfluxDB through Flux
+(``ingest.stores.flux``); readings still in the journal are not in them yet.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from influxdb_client.rest import ApiException
 
 from devices.registry import Series
 from ingest.batch import ReadingBatch, Receipt, Rejection
-from ingest.stores.base import ReadingQuery, StoredReading
+from ingest.stores.base import ReadingQuery, StoredReading, WriteStats
+from ingest.stores.flux import FluxSource
 from ingest.stores.lineprotocol import reading_line, reading_prefix
 from ingest.stores.local import LocalDatabase, SqliteSettings
 
@@ -84,6 +88,10 @@ _REFUSED_STATUSES = frozenset({400, 413, 422})
 
 QUARANTINE_REASON = "store_rejected"
 
+# A read scans up to a day of a site's readings, so it waits at least this long even when
+# writes are set to give up sooner.
+_MIN_READ_TIMEOUT = timedelta(seconds=30)
+
 
 @dataclass(frozen=True, slots=True)
 class RetrySettings:
@@ -110,6 +118,9 @@ class RetrySettings:
 
 @dataclass(frozen=True, slots=True)
 class InfluxSettings:
+    """The InfluxDB 2.x database: where it is, and how the store writes to it and reads
+    from it (the ``influxdb`` section of the settings)."""
+
     url: str
     org: str
     bucket: str
@@ -126,19 +137,9 @@ class InfluxSettings:
         if self.timeout <= timedelta(0) or self.poll_interval <= timedelta(0):
             raise ValueError("influx timeout and poll_interval must be positive")
 
-
-@dataclass(slots=True)
-class InfluxWriteStats:
-    """Counters for /metrics, written by the drain thread only.
-
-    ``last_write_error`` describes the latest failed request and is reset to ``None`` by
-    the next accepted one, so it reads as "what is wrong right now".
-    """
-
-    points_written: int = 0
-    write_retries: int = 0
-    points_quarantined: int = 0
-    last_write_error: str | None = None
+    @property
+    def read_timeout(self) -> timedelta:
+        return max(self.timeout, _MIN_READ_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +165,8 @@ class InfluxStore:
     ) -> None:
         self.settings = settings
         self.db = LocalDatabase(local, series, _JOURNAL)
-        self.stats = InfluxWriteStats()
+        self.stats = WriteStats()  # the drain thread's counters
+        self._flux = FluxSource(settings, series)
         self._series = self._register_prefixes(series)
         self._reader = self.db.connect()
         self._depth_lock = threading.Lock()
@@ -234,9 +236,7 @@ class InfluxStore:
         self.db.maintain()
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
-        raise NotImplementedError(
-            "export from InfluxDB comes with the students' export issue; use the SQLite store"
-        )
+        return self._flux.readings(query)
 
     # -- the drain thread -----------------------------------------------------------------
 
@@ -272,6 +272,7 @@ class InfluxStore:
 
     def close(self) -> None:
         self.stop()
+        self._flux.close()
         self._reader.close()
         self.db.close()
 

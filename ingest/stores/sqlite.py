@@ -82,5 +82,13 @@ class SqliteStore:
     def maintain(self) -> None:
         self.db.maintain()
 
+    @property
+    def stats(self) -> None:
+        """No forwarding counters: the readings stay in this database."""
+        return None
+
+    def start(self) -> None:
+        """Nothing runs in the background."""
+
     def close(self) -> None:
         self.db.close()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
 from email.policy import default as default_policy
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.channels.alertmanager import AlertmanagerChannel, AlertmanagerSettings
-from alerts.channels.base import DeliveryError, RetrySettings
+from alerts.channels.base import DeliveryError
 from alerts.channels.email import EmailChannel, EmailSettings
 from alerts.channels.mqtt import MqttChannel, MqttChannelSettings
 from alerts.channels.webhook import (
@@ -39,7 +40,7 @@ from alerts.channels.webhook import (
     WebhookSettings,
     verify_signature,
 )
-from alerts.dispatch import Dispatcher, DispatchSettings
+from alerts.dispatch import DeliveryRetry, Dispatcher, DispatchSettings
 from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
 from stadtpuls.broker import LOOPBACK, MosquittoBroker, free_port
 from tests.support.alertmanager import Alertmanager
@@ -47,7 +48,7 @@ from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRY = RetrySettings(
+FAST_RETRY = DeliveryRetry(
     attempts=4, base_delay=timedelta(milliseconds=10), max_delay=timedelta(milliseconds=40)
 )
 
@@ -413,10 +414,12 @@ class Received:
 
 class Receiver:
     """A local HTTP server that verifies each request's signature and answers with the
-    next status of its script (200 once the script runs out)."""
+    next status of its script (200 once the script runs out), and with ``retry_after``
+    as its Retry-After header when set."""
 
     def __init__(self) -> None:
         self.script: list[int] = []
+        self.retry_after: str | None = None
         self.requests: list[Received] = []
         receiver = self
 
@@ -431,6 +434,8 @@ class Receiver:
                 if not verified:
                     status = 401
                 self.send_response(status)
+                if receiver.retry_after is not None:
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -454,19 +459,36 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def webhook(url: str, *, timeout_s: float = 5, retry: RetrySettings = FAST_RETRY) -> WebhookChannel:
+def webhook(url: str, *, timeout_s: float = 5) -> WebhookChannel:
     return WebhookChannel(
-        "hook", WebhookSettings(url, SECRET, timeout=timedelta(seconds=timeout_s), retry=retry)
+        "hook", WebhookSettings(url, SECRET, timeout=timedelta(seconds=timeout_s))
     )
+
+
+def deliver(channel: WebhookChannel, notification: Notification) -> list[tuple[int, bool]]:
+    """Sends through a dispatcher with FAST_RETRY, which does the retrying; returns the
+    (attempt, ok) of each attempt."""
+    attempts: list[tuple[int, bool]] = []
+
+    def record(name: str, n: Notification, attempt: int, ok: bool, error: str | None) -> None:
+        attempts.append((attempt, ok))
+
+    dispatcher = Dispatcher([channel], record, DispatchSettings(retry=FAST_RETRY))
+    try:
+        dispatcher.submit(notification)
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.close()
+    return attempts
 
 
 def test_webhook_retries_5xx_and_signs_every_request(receiver: Receiver) -> None:
     receiver.script = [503, 503]
     channel = webhook(receiver.url)
     firing = notify(Event.FIRING, strain_alert())
-    channel.send(firing)
+    attempts = deliver(channel, firing)
 
-    assert channel.last_attempts == 3
+    assert attempts == [(1, False), (2, False), (3, True)]
     assert [r.verified for r in receiver.requests] == [True, True, True]
     assert json.loads(receiver.requests[-1].body) == firing.to_json()
 
@@ -485,8 +507,25 @@ def test_webhook_gives_up_after_its_attempts(receiver: Receiver) -> None:
     channel = webhook(receiver.url)
     with pytest.raises(DeliveryError) as caught:
         channel.send(notify(Event.FIRING, strain_alert()))
-    assert caught.value.retry is True
+    assert caught.value.retry is True  # so the dispatcher tries again, up to its attempts
+    receiver.requests.clear()
+    attempts = deliver(channel, notify(Event.FIRING, strain_alert()))
+    assert attempts == [(n, False) for n in range(1, FAST_RETRY.attempts + 1)]
     assert len(receiver.requests) == FAST_RETRY.attempts
+
+
+@pytest.mark.parametrize("in_seconds", [True, False])
+def test_webhook_hands_retry_after_to_the_dispatcher(receiver: Receiver, in_seconds: bool) -> None:
+    """In delta-seconds or as an HTTP-date (RFC 9110); the dispatcher waits at least that
+    long before its next attempt (tests/unit/test_alert_channels.py)."""
+    receiver.script = [429]
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    receiver.retry_after = "30" if in_seconds else format_datetime(later, usegmt=True)
+    with pytest.raises(DeliveryError) as caught:
+        webhook(receiver.url).send(notify(Event.FIRING, strain_alert()))
+    assert caught.value.retry is True
+    assert caught.value.retry_after is not None
+    assert 25 <= caught.value.retry_after <= 30
 
 
 def test_webhook_signature_detects_tampering(receiver: Receiver) -> None:
@@ -539,11 +578,8 @@ def test_a_hanging_channel_does_not_delay_another(receiver: Receiver, black_hole
         with lock:
             return [r for r in records if r.channel == name]
 
-    once = RetrySettings(attempts=1)
     fast = webhook(receiver.url)
-    slow = WebhookChannel(
-        "slow", WebhookSettings(black_hole, SECRET, timeout=timedelta(seconds=1), retry=once)
-    )
+    slow = WebhookChannel("slow", WebhookSettings(black_hole, SECRET, timeout=timedelta(seconds=1)))
     dispatcher = Dispatcher(
         [fast, slow],
         record,

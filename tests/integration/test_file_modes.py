@@ -16,7 +16,7 @@ from typing import Protocol
 import pytest
 
 from alerts.state import AlertStore
-from dashboards.tokens import TokenStore
+from export.tokens import TokenStore
 from ingest.stores.influx import InfluxSettings, InfluxStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore

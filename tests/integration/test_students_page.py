@@ -15,10 +15,10 @@ import pytest
 from playwright.sync_api import sync_playwright
 from prometheus_client import CollectorRegistry
 
-from dashboards.tokens import TokenStore
+from export.api import ExportApi, ExportCaps
+from export.tokens import TokenStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
-from stadtpuls.exportapi import ExportApi, ExportCaps
 from stadtpuls.web import HttpServer, build_app
 from tests.registry_fixture import test_registry
 from tests.unit.test_export_api import DAY, T0, Clock, fill_store

@@ -4,22 +4,27 @@ dispatcher's queueing and retry rules, with an in-memory channel passed in."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import pytest
 
+from alerts.channels import CHANNEL_KINDS, channel_file_keys
+from alerts.channels._http import HttpAnswer, status_error
 from alerts.channels.alertmanager import AlertmanagerSettings, alertmanager_alert
-from alerts.channels.base import DeliveryError, RetrySettings
+from alerts.channels.base import DeliveryError
 from alerts.channels.email import EmailSettings, render_message
 from alerts.channels.mqtt import alert_topic
 from alerts.channels.webhook import WebhookSettings, sign, verify_signature
-from alerts.dispatch import Dispatcher, DispatchSettings
+from alerts.dispatch import DeliveryRetry, Dispatcher, DispatchSettings
 from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
+from ingest.retry import parse_retry_after
 from tests.support.waiting import wait_until
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-NO_WAIT = RetrySettings(attempts=3, base_delay=timedelta(0), max_delay=timedelta(0))
+NO_WAIT = DeliveryRetry(attempts=3, base_delay=timedelta(0), max_delay=timedelta(0))
 
 
 def alert(rule: str = "strain_limit", **changes: object) -> Alert:
@@ -214,7 +219,7 @@ def test_unknown_channel_and_submit_after_close() -> None:
 def test_close_gives_up_a_retry_wait() -> None:
     down = FakeChannel("down", failures=[DeliveryError("down")] * 5)
     log = Log()
-    slow_retry = RetrySettings(5, timedelta(minutes=10), timedelta(minutes=10))
+    slow_retry = DeliveryRetry(5, timedelta(minutes=10), timedelta(minutes=10))
     settings = DispatchSettings(retry=slow_retry, close_timeout=timedelta(milliseconds=50))
     dispatcher = Dispatcher([down], log, settings)
     dispatcher.submit(note(Event.FIRING))
@@ -224,3 +229,58 @@ def test_close_gives_up_a_retry_wait() -> None:
         (1, False, "down"),
         (0, False, "dropped: dispatcher closed while waiting to retry"),
     ]
+
+
+def test_the_dispatcher_waits_as_long_as_the_other_side_asked() -> None:
+    retry = DeliveryRetry(attempts=2, base_delay=timedelta(0), max_delay=timedelta(seconds=2))
+    assert retry.delay(1) == 0
+    assert retry.delay(1, retry_after=0.5) == 0.5
+    assert retry.delay(1, retry_after=3600) == 2  # never past max_delay
+    busy = FakeChannel("busy", failures=[DeliveryError("429", retry_after=0.3)])
+    log = Log()
+    dispatcher = Dispatcher([busy], log, DispatchSettings(retry=retry))
+    started = time.monotonic()
+    dispatcher.submit(note(Event.FIRING))
+    assert dispatcher.wait_idle(5)
+    waited = time.monotonic() - started
+    dispatcher.close()
+    assert [row[2:4] for row in log.rows] == [(1, False), (2, True)]
+    assert waited >= 0.3
+
+
+def test_http_errors_carry_retry_after_only_when_retryable() -> None:
+    busy = status_error("http://x", HttpAnswer(429, 7.0, "slow down"))
+    assert busy is not None
+    assert (busy.retry, busy.retry_after) == (True, 7.0)
+    refused = status_error("http://x", HttpAnswer(403, 7.0, ""))
+    assert refused is not None
+    assert (refused.retry, refused.retry_after) == (False, None)
+    assert status_error("http://x", HttpAnswer(202, None, "")) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 0 ", 0.0),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 77.0),  # IMF-fixdate
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 77.0),  # obsolete RFC 850
+        ("Sun Nov  6 08:49:37 1994", 77.0),  # obsolete asctime
+        ("Sun, 06 Nov 1994 08:00:00 GMT", 0.0),  # already past: no wait
+        (None, None),
+        ("", None),
+        ("-5", None),
+        ("soon", None),
+    ],
+)
+def test_retry_after_in_seconds_or_as_http_date(value: str | None, seconds: float | None) -> None:
+    before = 784111777.0 - 77  # 77 s before 1994-11-06 08:49:37 UTC
+    assert parse_retry_after(value, now=before) == seconds
+
+
+def test_every_channel_kind_is_registered_with_its_settings() -> None:
+    assert set(CHANNEL_KINDS) == {"mqtt", "webhook", "email", "alertmanager", "grafana"}
+    for kind, model in CHANNEL_KINDS.items():
+        assert get_args(model.model_fields["type"].annotation) == (kind,)
+    assert "secret_file" in CHANNEL_KINDS["webhook"].file_keys()
+    assert set(channel_file_keys()) >= {"password_file", "tls_ca", "token_file", "ca_file"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from alerts.channels.webhook import WebhookChannel
-from stadtpuls.alert_settings import ServiceBroker, WebhookChannelModel, build_channel
+from alerts.channels import ChannelContext, ServiceBroker
+from alerts.channels.webhook import WebhookChannel, WebhookChannelModel
 from stadtpuls.settings import ConfigError, load_settings
 
 
@@ -36,7 +36,7 @@ alerts:
     assert hook.secret is not None
     assert hook.secret.get_secret_value() == "a-real-signing-key-41"
     assert "a-real-signing-key" not in repr(settings)
-    channel = build_channel(hook, "stadtpuls", ServiceBroker("127.0.0.1", 1883))
+    channel = hook.build(ChannelContext("stadtpuls", ServiceBroker("127.0.0.1", 1883)))
     assert isinstance(channel, WebhookChannel)
     assert channel.name == "ops-hook"
 

@@ -14,12 +14,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from dashboards.tokens import TokenStore
 from devices.registry import Registry
+from export.api import ExportApi, ExportCaps
+from export.tokens import TokenStore
 from ingest.batch import ReadingBatch
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
-from stadtpuls.exportapi import ExportApi, ExportCaps
 from tests.registry_fixture import test_registry
 
 NS = 1_000_000_000

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from dashboards.tokens import TokenStore
+from export.tokens import TokenStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from stadtpuls.cli import main

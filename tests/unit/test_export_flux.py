@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from dashboards.export import export_stream
-from dashboards.flux import FluxSettings, FluxSource, flux_query, parse_rfc3339_ns
-from dashboards.formats import ExportFormat
-from dashboards.query import ExportRequest, Resolution
+from export.formats import ExportFormat
+from export.query import ExportRequest, Resolution
+from export.stream import export_stream
 from ingest.stores.base import ReadingQuery
+from ingest.stores.flux import FluxSource, flux_query, parse_rfc3339_ns
+from ingest.stores.influx import InfluxSettings
 from tests.registry_fixture import test_registry
 
 NS = 1_000_000_000
@@ -64,7 +65,7 @@ def influx() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 def source(url: str) -> FluxSource:
-    settings = FluxSettings(url=url, org="stadtpuls", bucket="city-bucket", token="t0ken-abc")
+    settings = InfluxSettings(url=url, org="stadtpuls", bucket="city-bucket", token="t0ken-abc")
     return FluxSource(settings, test_registry().series)
 
 

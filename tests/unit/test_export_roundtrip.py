@@ -18,13 +18,13 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from dashboards.export import ExportStats, export_stream
-from dashboards.formats import ExportFormat
-from dashboards.query import ExportRequest, Layout, Resolution, Statistic
 from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry, parse_registry
 from devices.simulator import Simulator
 from devices.topics import TopicScheme
+from export.formats import ExportFormat
+from export.query import ExportRequest, Layout, Resolution, Statistic
+from export.stream import ExportStats, export_stream
 from ingest.anomaly import LimitCheck
 from ingest.batch import InboundMessage
 from ingest.metrics import IngestMetrics
@@ -274,7 +274,7 @@ def test_export_streams_chunk_by_chunk(
 
 
 def test_unknown_room_or_measurement_is_refused(registry: Registry, tmp_path: Path) -> None:
-    from dashboards.query import ExportRefused
+    from export.query import ExportRefused
 
     store = SqliteStore(SqliteSettings(tmp_path / "x.db"), registry.series)
     try:

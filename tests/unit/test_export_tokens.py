@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.tokens import RateLimited, TokenRefused, TokenStore
+from export.tokens import RateLimited, TokenRefused, TokenStore
 
 NS = 1_000_000_000
 NOW = 1_795_392_000 * NS

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from dashboards.query import Column, ExportRequest, Resolution, utc_datetime
 from devices.registry import Registry, Series
+from export.query import Column, ExportRequest, Resolution, utc_datetime
 from ingest.batch import AnomalyFlag
 
 DEFAULT_LICENCE = "Datenlizenz Deutschland - Namensnennung - Version 2.0 (dl-de/by-2-0)"

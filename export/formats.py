@@ -1,6 +1,6 @@
 """Export file formats, each written incrementally as a stream of byte chunks.
 
-Every writer takes the column list and an iterator of row tuples (``dashboards.query``) and
+Every writer takes the column list and an iterator of row tuples (``export.query``) and
 yields bytes as it goes, so neither the CLI nor the HTTP response ever holds the file: CSV and
 JSON every ``_ROWS_PER_CHUNK`` rows, Parquet one row group at a time, the ZIP bundle as its
 deflate stream produces output (written with data descriptors, so it needs no seeking).
@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from dashboards.query import LOCAL_ZONE, NS, Column, Row
+from export.query import LOCAL_ZONE, NS, Column, Row
 
 _ROWS_PER_CHUNK = 2000
 _ROWS_PER_ROW_GROUP = 32_768

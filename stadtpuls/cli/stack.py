@@ -1,5 +1,5 @@
 """CLI commands for the deployed stack: ``stadtpuls dashboards build|push`` and
-``stadtpuls broker-auth write|password``. `stadtpuls.cli` registers them on ``main``."""
+``stadtpuls broker-auth write|password``. ``stadtpuls.cli`` registers them on ``main``."""
 
 from __future__ import annotations
 
@@ -9,21 +9,12 @@ from pathlib import Path
 import click
 import niquests
 
-from devices.registry import Registry, RegistryError, load_registry
 from devices.topics import TopicScheme
-from stadtpuls.cli import _fail, _load
-from stadtpuls.secrets import is_placeholder
-from stadtpuls.settings import ConfigError, Settings, load_settings
+from ingest.secrets import is_placeholder
+from stadtpuls.cli.common import config_option, fail, load
 
-# Same option as stadtpuls.cli's CONFIG; declared here because mypy cannot infer a value
-# imported across the import cycle (stadtpuls.cli imports this module at its end).
-CONFIG = click.option(
-    "--config",
-    "config_path",
-    envvar="STADTPULS_CONFIG",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Settings file (YAML); STADTPULS_* environment variables override it.",
-)
+# The shared --config option, with the wording these commands have always shown.
+CONFIG = config_option("Settings file (YAML); STADTPULS_* environment variables override it.")
 PROMETHEUS_URL = click.option(
     "--prometheus-url",
     default="http://prometheus:9090",
@@ -44,18 +35,6 @@ REGISTRY = click.option(
 )
 
 
-def _settings_and_registry(
-    config_path: Path | None, registry_path: Path | None
-) -> tuple[Settings, Registry]:
-    if registry_path is None:
-        return _load(config_path)
-    try:
-        return load_settings(config_path), load_registry(registry_path)
-    except (ConfigError, RegistryError) as exc:
-        _fail(str(exc))
-        raise AssertionError from exc  # unreachable: _fail exits
-
-
 def _secret(env_var: str, file: Path | None, what: str, *, required: bool) -> str | None:
     """A secret from its file (wins) or the environment; placeholders are refused."""
     value = (
@@ -63,15 +42,13 @@ def _secret(env_var: str, file: Path | None, what: str, *, required: bool) -> st
     )
     if value is None:
         if required:
-            _fail(f"{what}: set {env_var} or give its file")
+            fail(f"{what}: set {env_var} or give its file")
         return None
     if is_placeholder(value):
-        _fail(f"{what} is empty or a placeholder; set a real secret")
+        fail(f"{what} is empty or a placeholder; set a real secret")
     return value.strip()
 
 
-# Built without the decorator so that the type is explicit: stadtpuls.cli imports this
-# module at its end, and mypy cannot infer decorated names across that cycle.
 dashboards: click.Group = click.Group(
     "dashboards", help="Grafana dashboards generated from the registry."
 )
@@ -112,7 +89,7 @@ def dashboards_build(
     """Write the dashboards and Grafana's provisioning files into OUT."""
     from dashboards.provisioning import DEFAULT_TOKEN_REF, DatasourceTarget, write_build
 
-    settings, registry = _settings_and_registry(config_path, registry_path)
+    settings, registry = load(config_path, registry_path)
     target = DatasourceTarget(
         influx_url or settings.influxdb.url,
         settings.influxdb.org,
@@ -175,7 +152,7 @@ def dashboards_push(
     from dashboards.provisioning import DatasourceTarget
     from dashboards.push import DashboardDrift, connect, push
 
-    settings, registry = _settings_and_registry(config_path, registry_path)
+    settings, registry = load(config_path, registry_path)
     token = _secret("GRAFANA_TOKEN", token_file, "the Grafana token", required=True)
     assert token is not None
     influx_token = _secret(
@@ -200,12 +177,12 @@ def dashboards_push(
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except (GrafanaException, ValueError) as exc:
-        _fail(f"push to {url} failed: {exc}")
+        fail(f"push to {url} failed: {exc}")
         return
     except (niquests.RequestException, OSError) as exc:
         # Unreachable is an operator's problem (a wrong URL, Grafana down), not drift:
         # exit 2 with the reason, no traceback.
-        _fail(f"push to {url} failed: Grafana unreachable: {exc}")
+        fail(f"push to {url} failed: Grafana unreachable: {exc}")
         return
     click.echo(f"pushed to {url}: {report.summary()}")
 
@@ -265,12 +242,12 @@ def broker_auth_write(
     )
     from dashboards.broker_acl import broker_auth as make_auth
 
-    settings, registry = _settings_and_registry(config_path, registry_path)
+    settings, registry = load(config_path, registry_path)
     master = _master_secret(master_secret_file)
     try:
         auth = make_auth(registry, TopicScheme(settings.topic_prefix), master)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     passwd, acl = write_broker_auth(auth, out)
     if credentials is not None:
@@ -292,4 +269,4 @@ def broker_auth_password(master_secret_file: Path | None, account: str) -> None:
     try:
         click.echo(derive_password(_master_secret(master_secret_file), account))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))

@@ -18,28 +18,18 @@ from alerts.incidents import INCIDENT
 from alerts.model import State
 from alerts.state import AlertStore
 from devices.registry import parse_duration
-from stadtpuls.alerting import alert_json
-from stadtpuls.cli import _fail, _load
-
-# The same option as in stadtpuls.cli, declared here because that module imports this one.
-CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="STADTPULS_CONFIG",
-    help="Settings file (YAML). Environment variables STADTPULS_* override it.",
-)
+from stadtpuls.cli.common import CONFIG, fail, load
 
 
 def _store(config_path: Path | None) -> AlertStore:
-    settings, _ = _load(config_path)
+    settings, _ = load(config_path)
     return AlertStore(settings.alerts_db_path)
 
 
 def _who(by: str | None) -> str:
     who = by or os.environ.get("USER") or ""
     if not who.strip():
-        _fail("say who you are with --by")
+        fail("say who you are with --by")
     return who.strip()
 
 
@@ -74,7 +64,7 @@ def alerts_list(
         or (a.state == State.PENDING and a.labels["incident"] not in firing)
     ]
     if as_json:
-        click.echo(json.dumps([alert_json(a) for a in rows], indent=2))
+        click.echo(json.dumps([a.to_json(listing=True) for a in rows], indent=2))
         return
     if not rows:
         click.echo("no alerts")
@@ -101,7 +91,7 @@ def alerts_ack(config_path: Path | None, alert_id: str, by: str | None) -> None:
     finally:
         store.close()
     if not ok:
-        _fail(f"no pending or firing alert {alert_id!r} (see `stadtpuls alerts list`)")
+        fail(f"no pending or firing alert {alert_id!r} (see `stadtpuls alerts list`)")
     click.echo(f"acknowledged {alert_id} as {who}")
 
 
@@ -129,14 +119,14 @@ def alerts_silence(
     for m in matches:
         name, sep, value = m.partition("=")
         if not sep or not name:
-            _fail(f"--match {m!r}: expected NAME=VALUE")
+            fail(f"--match {m!r}: expected NAME=VALUE")
         matchers[name] = value
     if not matchers:
-        _fail("give --site, --device, --rule or --match: a silence of everything is refused")
+        fail("give --site, --device, --rule or --match: a silence of everything is refused")
     try:
         span = parse_duration(duration)
     except ValueError as exc:
-        _fail(f"--for: {exc}")
+        fail(f"--for: {exc}")
         raise
     who = _who(by)
     now = datetime.now(UTC)
@@ -159,7 +149,7 @@ def alerts_unsilence(config_path: Path | None, silence_id: str) -> None:
     finally:
         store.close()
     if not ok:
-        _fail(f"no active silence {silence_id!r} (see `stadtpuls alerts silences`)")
+        fail(f"no active silence {silence_id!r} (see `stadtpuls alerts silences`)")
     click.echo(f"silence {silence_id} ended")
 
 

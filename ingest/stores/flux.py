@@ -1,4 +1,6 @@
-"""Readings from InfluxDB 2.x through Flux, for exports when the store is InfluxDB.
+"""Readings from InfluxDB 2.x through Flux: how ``InfluxStore`` serves ``readings``, and the
+reader an export uses without a store (``stadtpuls export``, or every site's series when a
+worker's store holds its own sites only).
 
 The Flux text is fixed: it is assembled only from constant fragments (which filters apply),
 and every user value (bucket, site, device, measurement, the time range) travels as a query
@@ -17,15 +19,17 @@ The tests check the query text and parameters against a local HTTP server standi
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.domain.dialect import Dialect
 
 from devices.registry import Series
 from ingest.stores.base import ReadingQuery, StoredReading
+
+if TYPE_CHECKING:  # influx imports this module for its reads
+    from ingest.stores.influx import InfluxSettings
 
 NS = 1_000_000_000
 
@@ -80,19 +84,11 @@ def parse_rfc3339_ns(text: str) -> int:
     return seconds * NS + int((frac + "000000000")[:9])
 
 
-@dataclass
-class FluxSettings:
-    url: str
-    org: str
-    bucket: str
-    token: str = field(repr=False)
-    timeout: timedelta = timedelta(seconds=30)
-
-
 class FluxSource:
-    """A ``ReadingSource`` over InfluxDB 2.x (the schema of README "InfluxDB schema")."""
+    """A ``ReadingSource`` over InfluxDB 2.x (the schema of README "InfluxDB schema");
+    ``series`` give the units, which the database does not keep."""
 
-    def __init__(self, settings: FluxSettings, series: Sequence[Series]) -> None:
+    def __init__(self, settings: InfluxSettings, series: Sequence[Series]) -> None:
         self.settings = settings
         self._units = {
             (s.key.site, s.key.device, s.key.channel, s.key.measurement): s.unit for s in series
@@ -101,7 +97,7 @@ class FluxSource:
             url=settings.url,
             token=settings.token,
             org=settings.org,
-            timeout=int(settings.timeout.total_seconds() * 1000),
+            timeout=int(settings.read_timeout.total_seconds() * 1000),
         )
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:

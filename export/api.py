@@ -26,27 +26,17 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-import dashboards
-from dashboards.dictionary import DEFAULT_LICENCE
-from dashboards.export import ExportStats, export_filename, export_stream
-from dashboards.flux import FluxSettings, FluxSource
-from dashboards.formats import ExportFormat
-from dashboards.query import (
-    ExportRefused,
-    ExportRequest,
-    Layout,
-    ReadingSource,
-    Resolution,
-    Statistic,
-)
-from dashboards.tokens import RateLimited, TokenRefused, TokenScope, TokenStore
 from devices.registry import ID_PATTERN, Registry
-from ingest.stores.base import Store
-from stadtpuls.settings import Settings
+from export.dictionary import DEFAULT_LICENCE
+from export.formats import ExportFormat
+from export.query import ExportRefused, ExportRequest, Layout, Resolution, Statistic
+from export.stream import ExportStats, export_filename, export_stream
+from export.tokens import RateLimited, TokenRefused, TokenScope, TokenStore
+from ingest.stores.base import ReadingSource
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(dashboards.__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent / "static"
 _ID_RE = re.compile(ID_PATTERN)
 _TIME_RE = re.compile(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.]{2,15})?(Z|[+-][0-9]{2}:?[0-9]{2})?$"
@@ -79,33 +69,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def build_export_source(settings: Settings, registry: Registry, store: Store) -> ReadingSource:
-    """The SQLite store reads itself; the InfluxDB store's readings are read through Flux."""
-    if settings.store.backend == "sqlite":
-        return store
-    return flux_source(settings, registry)
-
-
-def flux_source(settings: Settings, registry: Registry) -> FluxSource:
-    token = settings.influxdb.token
-    assert token is not None  # the settings refuse an influxdb backend without a token
-    return FluxSource(
-        FluxSettings(
-            url=settings.influxdb.url,
-            org=settings.influxdb.org,
-            bucket=settings.influxdb.bucket,
-            token=token.get_secret_value(),
-            timeout=max(settings.influxdb.timeout, timedelta(seconds=30)),
-        ),
-        registry.series,
-    )
-
-
-def export_caps(settings: Settings) -> ExportCaps:
-    e = settings.export
-    return ExportCaps(e.max_range, e.max_exports_per_minute, e.licence)
 
 
 def _parse_time(name: str, value: str) -> int:

@@ -3,7 +3,7 @@
 ``export_stream`` checks the request before it returns, so a caller can still answer with an
 error; from then on it yields the file chunk by chunk and never holds it whole. The CLI
 (``stadtpuls export``) and the HTTP API (``GET /api/v1/export``) both use it; formats are in
-``dashboards.formats``, rows in ``dashboards.query``.
+``export.formats``, rows in ``export.query``.
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dashboards.dictionary import DEFAULT_LICENCE, dictionary_files
-from dashboards.formats import ExportFormat, csv_chunks, json_chunks, parquet_chunks, zip_chunks
-from dashboards.query import (
+from devices.registry import Registry
+from export.dictionary import DEFAULT_LICENCE, dictionary_files
+from export.formats import ExportFormat, csv_chunks, json_chunks, parquet_chunks, zip_chunks
+from export.query import (
     ExportRequest,
     Progress,
-    ReadingSource,
     Row,
     columns,
     rows,
     select_series,
     utc_datetime,
 )
-from devices.registry import Registry
+from ingest.stores.base import ReadingSource
 
 
 def iso_utc(ts_ns: int) -> str:

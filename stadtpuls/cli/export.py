@@ -13,27 +13,12 @@ from typing import BinaryIO
 
 import click
 
-from dashboards.formats import ExportFormat
-from dashboards.query import (
-    ExportRefused,
-    ExportRequest,
-    Layout,
-    ReadingSource,
-    Resolution,
-    Statistic,
-)
 from devices.registry import is_valid_id, parse_duration
 from devices.vocabulary import SiteKind
-from stadtpuls.cli import _fail, _load, _parse_time
-
-# The same option as in stadtpuls.cli, declared here because that module imports this one.
-CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="STADTPULS_CONFIG",
-    help="Settings file (YAML). Environment variables STADTPULS_* override it.",
-)
+from export.formats import ExportFormat
+from export.query import ExportRefused, ExportRequest, Layout, Resolution, Statistic
+from ingest.stores.base import ReadingSource
+from stadtpuls.cli.common import CONFIG, fail, load, parse_time
 
 
 def _choices(kind: type[ExportFormat | Resolution | Layout | Statistic]) -> click.Choice[str]:
@@ -76,17 +61,16 @@ def export(
     quiet: bool,
 ) -> None:
     """Export a site's readings, streamed (see README, "Export formats")."""
-    from dashboards.export import ExportStats, export_stream
-    from stadtpuls.exportapi import flux_source
-    from stadtpuls.service import build_store
+    from export.stream import ExportStats, export_stream
+    from stadtpuls.service import build_store, flux_source
 
-    settings, registry = _load(config_path)
+    settings, registry = load(config_path)
     if site not in registry.sites:
-        _fail(f"site {site!r} is not in the registry")
+        fail(f"site {site!r} is not in the registry")
     request = ExportRequest(
         site,
-        _parse_time(start),
-        _parse_time(end),
+        parse_time(start),
+        parse_time(end),
         devices,
         measurements,
         Resolution(resolution),
@@ -120,7 +104,7 @@ def export(
                     licence=settings.export.licence,
                 )  # fmt: skip
             except ExportRefused as exc:
-                _fail(str(exc))
+                fail(str(exc))
                 return
             if out is None:
                 _write(chunks, sys.stdout.buffer)
@@ -162,21 +146,21 @@ def tokens_create(
     config_path: Path | None, site: str, room: str | None, expires: str | None, label: str
 ) -> None:
     """Create a token; the secret is printed once and only its hash is kept."""
-    from dashboards.tokens import TokenStore
+    from export.tokens import TokenStore
 
-    settings, registry = _load(config_path)
+    settings, registry = load(config_path)
     s = registry.sites.get(site)
     if s is None:
-        _fail(f"site {site!r} is not in the registry")
+        fail(f"site {site!r} is not in the registry")
         return
     if s.kind != SiteKind.SCHOOL:
-        _fail(f"{site!r} is a {s.kind}; read tokens are for schools")
+        fail(f"{site!r} is a {s.kind}; read tokens are for schools")
     if room is not None and (not is_valid_id(room) or room not in s.devices):
-        _fail(f"room {room!r} is not a device of {site!r}")
+        fail(f"room {room!r} is not a device of {site!r}")
     try:
         lifetime = parse_duration(expires) if expires else settings.export.token_expiry
     except ValueError as exc:
-        _fail(f"--expires: {exc}")
+        fail(f"--expires: {exc}")
         return
     now = time.time_ns()
     store = TokenStore(settings.token_db_path)
@@ -200,9 +184,9 @@ def tokens_create(
 @click.option("--json", "as_json", is_flag=True)
 def tokens_list(config_path: Path | None, as_json: bool) -> None:
     """Every token with its scope, expiry, status and number of exports."""
-    from dashboards.tokens import TokenStore
+    from export.tokens import TokenStore
 
-    settings, _ = _load(config_path)
+    settings, _ = load(config_path)
     store = TokenStore(settings.token_db_path)
     try:
         infos = store.all()
@@ -243,16 +227,16 @@ def tokens_list(config_path: Path | None, as_json: bool) -> None:
 @click.argument("token_id", type=int)
 def tokens_revoke(config_path: Path | None, token_id: int) -> None:
     """Revoke a token at once; requests with it are refused from now on."""
-    from dashboards.tokens import TokenStore
+    from export.tokens import TokenStore
 
-    settings, _ = _load(config_path)
+    settings, _ = load(config_path)
     store = TokenStore(settings.token_db_path)
     try:
         done = store.revoke(token_id, time.time_ns())
     finally:
         store.close()
     if not done:
-        _fail(f"no active token {token_id}")
+        fail(f"no active token {token_id}")
     click.echo(f"token {token_id} revoked")
 
 
@@ -262,9 +246,9 @@ def tokens_revoke(config_path: Path | None, token_id: int) -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 def tokens_log(config_path: Path | None, token_id: int | None, limit: int) -> None:
     """The export log, newest first: token, time, outcome, rows, bytes and what was asked."""
-    from dashboards.tokens import TokenStore
+    from export.tokens import TokenStore
 
-    settings, _ = _load(config_path)
+    settings, _ = load(config_path)
     store = TokenStore(settings.token_db_path)
     try:
         entries = store.entries(token_id, limit)

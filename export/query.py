@@ -1,8 +1,8 @@
 """What an export asks for, and the rows it produces, independent of the output format.
 
 An export is read in time chunks (a day of readings, or whole buckets), so a year costs the
-memory of a day: each chunk is one ``ReadingQuery`` to the source, which is a store (the
-``Store.readings`` contract of ``ingest``) or the Flux reader for InfluxDB.
+memory of a day: each chunk is one ``ReadingQuery`` to the source, a ``ReadingSource`` of
+``ingest`` (a store, or the Flux reader for InfluxDB).
 
 Rows are plain tuples matching ``Column`` lists; the formats module only formats them.
 
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from devices.registry import ID_PATTERN, Registry, Series
 from ingest.batch import AnomalyFlag
-from ingest.stores.base import ReadingQuery, StoredReading
+from ingest.stores.base import ReadingQuery, ReadingSource, StoredReading
 
 NS = 1_000_000_000
 LOCAL_ZONE = ZoneInfo("Europe/Berlin")
@@ -79,13 +79,6 @@ class ExportRequest:
     resolution: Resolution = Resolution.RAW
     layout: Layout = Layout.LONG
     statistic: Statistic = Statistic.MEAN
-
-
-class ReadingSource(Protocol):
-    """Readings of one site in a time range, ordered by time, then device, channel and
-    measurement: ``Store.readings`` of ``ingest`` has this shape, and so has ``FluxSource``."""
-
-    def readings(self, query: ReadingQuery) -> Iterator[StoredReading]: ...
 
 
 ColumnKind = Literal["time", "local_time", "text", "float", "int"]
