@@ -141,12 +141,8 @@ import numpy as np
 
 from devices.registry import Series
 from ingest.anomaly.detectors import (
-    _MOVE_LEVELS,
     _ODD_CHANGE,
-    _PROPORTION,
     _RATE_NOISE_Z,
-    _SHARED_NS,
-    _SHARED_Z,
     SEGMENT,
     SEGMENT_MAX,
     SMOOTH_S,
@@ -168,6 +164,7 @@ from ingest.anomaly.drift import (
     RECORD_WARM_S,
 )
 from ingest.anomaly.held import _FURTHER_SHARE, _HOLD_SHARE
+from ingest.anomaly.moves import MOVE_LEVELS, PROPORTION, SHARED_NS, SHARED_Z
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
 from ingest.anomaly.segments import _TAIL_TAU_S, EPOCH_NS
 from ingest.anomaly.stuck import _FLAT_TAU_S, _STUCK_WARM_NS
@@ -346,9 +343,9 @@ class _State:
     held_base: float = 0.0  # the level before it
     held_jump: float = 0.0  # its signed size
     held_n: int = 0  # readings since that held it
-    # The latest move beyond each of _MOVE_LEVELS (an aired room's change counts for the
+    # The latest move beyond each of MOVE_LEVELS (an aired room's change counts for the
     # first).
-    moved_ts: list[int | None] = field(default_factory=lambda: [None] * len(_MOVE_LEVELS))
+    moved_ts: list[int | None] = field(default_factory=lambda: [None] * len(MOVE_LEVELS))
     flat_all: float = -INF
     flat_ok: float = -INF
     stepped: set[int] = field(default_factory=set)  # segments holding a step or shift
@@ -384,7 +381,7 @@ class _Seen:
     level_before: float  # the mean of the span readings before those (the reading before)
     level_sigma: float
     shift_z: float  # level_z on a single reading's scale
-    moved: int = 0  # how many of _MOVE_LEVELS its move passed
+    moved: int = 0  # how many of MOVE_LEVELS its move passed
 
 
 @dataclass(slots=True)
@@ -548,13 +545,13 @@ class ReferenceDetectors:
                 else:
                     level = (abs(z), _sign(z), eff, prev_eff, sigma, abs(z))
                 jump = abs(eff - prev_eff) / sigma
-                if cfg.coef > 0 and not abs(v - prev_v) > _SHARED_Z * sigma:
+                if cfg.coef > 0 and not abs(v - prev_v) > SHARED_Z * sigma:
                     jump = 0.0  # a paired gauge moved only if its reading moved too
-                moved = sum(1 for x in _MOVE_LEVELS if x < jump)  # 0 when jump is NaN
+                moved = sum(1 for x in MOVE_LEVELS if x < jump)  # 0 when jump is NaN
                 if cfg.air:  # an opened window: a change beyond the usual ones
                     usual_change = ref[3] if math.isfinite(ref[3]) else INF
                     change = eff - prev_eff - ref[2]
-                    if abs(change) > _SHARED_Z * max(usual_change, floor):
+                    if abs(change) > SHARED_Z * max(usual_change, floor):
                         moved = max(moved, 1)
                 if moved:
                     moves.setdefault(cfg.group, []).append((t, k, moved))
@@ -574,10 +571,10 @@ class ReferenceDetectors:
             group_moves.sort()
 
         def shared(k: int, t: int, need: int = 1) -> bool:
-            """Did another series of k's group move beyond _MOVE_LEVELS[need - 1] within
+            """Did another series of k's group move beyond MOVE_LEVELS[need - 1] within
             the 10 s up to t?"""
             cfg = self._config[k]
-            lo = t - _SHARED_NS
+            lo = t - SHARED_NS
             mv = moves.get(cfg.group, [])
             window = mv[bisect_left(mv, (lo, -1, 0)) : bisect_right(mv, (t, 1 << 62, 0))]
             if any(other != k and passed >= need for _, other, passed in window):
@@ -625,8 +622,8 @@ class ReferenceDetectors:
                         st.dev_run = sign
                         onset_shared = shared(k, t)
                         # Alone unless a neighbour moved in proportion to this jump.
-                        own = r.jump / _PROPORTION if math.isfinite(r.jump) else 0.0
-                        passed = max(1, sum(1 for x in _MOVE_LEVELS if x <= own))
+                        own = r.jump / PROPORTION if math.isfinite(r.jump) else 0.0
+                        passed = max(1, sum(1 for x in MOVE_LEVELS if x <= own))
                         st.onset_alone = not shared(k, t, passed)
                         st.onset_before = r.level_before
                         st.abrupt = False
@@ -639,7 +636,7 @@ class ReferenceDetectors:
                         if (
                             cfg.span == 1
                             and cfg.coef > 0
-                            and not abs(v - prev_v) > _SHARED_Z * sigma
+                            and not abs(v - prev_v) > SHARED_Z * sigma
                         ):
                             jumped = False  # a paired gauge's reading must have jumped too
                         st.abrupt = jumped and st.onset_alone

@@ -31,16 +31,13 @@ import numpy.typing as npt
 
 from devices.registry import Series
 from ingest.anomaly.arrays import (
-    I64,
-    Bool,
-    key_unit,
     neighbours,
     run_lengths,
     series_time_order,
-    time_keys,
 )
 from ingest.anomaly.drift import Drift
 from ingest.anomaly.held import HeldJumps
+from ingest.anomaly.moves import SHARED_Z, Moves, in_proportion, levels_passed
 from ingest.anomaly.pairs import both, paired_temperature, temperature_pairs
 from ingest.anomaly.params import DEFAULT_PARAMS, DetectorParams
 from ingest.anomaly.segments import SegmentTrack, Trail
@@ -55,14 +52,6 @@ CHUNK = 1 << 20  # readings judged in one piece
 SMOOTH_S = 1.0  # at high rates a level is judged by the mean of its last second
 STEEL_UE_PER_K = 12.0  # DOMAIN.md: 12.2 for steel, about 10 for concrete
 NO_TIME = np.iinfo(np.int64).min
-_SHARED_NS = 10 * 1_000_000_000
-# A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
-# loads a gauge near a support far less than one at mid-span.
-_SHARED_Z = 3.0
-# Levels of a move (in the mover's robust sigmas) that the shared test tells apart, and how
-# large a neighbour's move must be, against a run's first jump, to explain it.
-_MOVE_LEVELS = np.array([_SHARED_Z, 6.0, 12.0, 24.0, 48.0])
-_PROPORTION = 4.0
 _RATE_NOISE_Z = 4.0
 # A change from the reading before this many times spike_z sigmas of the usual changes.
 _ODD_CHANGE = 2.5
@@ -138,18 +127,7 @@ class Detectors:
         # crack width follow temperature too little to take it off reading by reading.
         strain = np.array([x.key.measurement == "strain" for x in series], dtype=bool)
         self.coef = np.where(strain & (self.pair >= 0), STEEL_UE_PER_K, 0.0)
-        devices = {(x.key.site, x.key.device) for x in series}
-        device_ids = {d: i for i, d in enumerate(sorted(devices))}
-        device = np.array([device_ids[(x.key.site, x.key.device)] for x in series], dtype=np.int64)
-        sites = {x.key.site: i for i, x in enumerate(series)}
-        site = np.array([sites[x.key.site] for x in series], dtype=np.int64)
-        bridge = np.array([x.kind == "bridge" for x in series], dtype=bool)
-        measures = {m: i for i, m in enumerate(sorted({x.key.measurement for x in series}))}
-        measure = np.array([measures[x.key.measurement] for x in series], dtype=np.int64)
-        # A lorry loads every strain gauge of a bridge (and nothing else: under traffic
-        # some gauge of a bridge moves every few seconds); an opened window moves all of a
-        # room's sensors.
-        self.group = np.where(bridge, len(device_ids) + site * len(measures) + measure, device)
+        self.moves = Moves(series)
         self.drift = Drift(series, p, self.pair, self.coef, self.width)
         self._lock = threading.Lock()
         # Strain is judged after what its temperature explains, and as it reads: a lasting
@@ -171,8 +149,6 @@ class Detectors:
         self.onset_before = np.zeros(n)  # the level before the run began
         self.onset_alone = np.zeros(n, dtype=bool)  # no neighbour moved at its start
         self.odd = np.zeros(n, dtype=bool)  # did the last reading change oddly?
-        # The last reading that moved beyond each of _MOVE_LEVELS (in its own sigmas).
-        self.moved_ts = np.full((n, len(_MOVE_LEVELS)), NO_TIME, dtype=np.int64)
 
     # -- the check -------------------------------------------------------------------------
 
@@ -305,7 +281,7 @@ class Detectors:
         with np.errstate(invalid="ignore"):
             jump = np.abs(eff - prev_eff) / sigma
             # A paired gauge moved only if its reading moved too, not just its thermometer.
-            jump[paired] = np.where(dv[paired] > _SHARED_Z * sigma[paired], jump[paired], 0.0)
+            jump[paired] = np.where(dv[paired] > SHARED_Z * sigma[paired], jump[paired], 0.0)
         # While the level moves (CO2 through a lesson) its sigma is wide, but the change
         # from one reading to the next stays regular: a change far beyond the usual ones,
         # not following another such change (the way back), is a spike too.
@@ -322,27 +298,24 @@ class Detectors:
         # Moving is jumping from the reading before: a reading far from an old reference
         # (a room cooling through the night) has not moved with anything.
         asked = onset[~carried]
-        level = np.where(np.isfinite(jump), np.searchsorted(_MOVE_LEVELS, jump, "left"), 0)
+        passed = levels_passed(jump)
         # An opened window shows in a room's temperature and humidity within the minute, as
         # a change beyond their usual ones, while their level barely leaves its lesson's
         # spread.
         air = np.flatnonzero(self.air[s])
         if len(air):
             floor = self.floor[s[air]]
-            aired = np.abs(change[air]) > _SHARED_Z * np.maximum(usual[air], floor)
-            level[air[aired]] = np.maximum(level[air[aired]], 1)
-        # Whether a run began as a lone jump asks for a neighbour that moved in proportion:
-        # a lorry's few sigmas on the next gauge do not explain a jump of a hundred.
-        with np.errstate(invalid="ignore"):
-            own = np.nan_to_num(jump[asked] / _PROPORTION)
-        proportional = np.maximum(np.searchsorted(_MOVE_LEVELS, own, "right"), 1)
+            aired = np.abs(change[air]) > SHARED_Z * np.maximum(usual[air], floor)
+            passed[air[aired]] = np.maximum(passed[air[aired]], 1)
         na = len(asked)
-        answers = self._shared(
+        answers = self.moves.shared(
             s,
             t,
-            level.astype(np.int64),
+            passed,
             np.concatenate([asked, asked, cand]),
-            np.concatenate([np.ones(na, np.int64), proportional, np.ones(len(cand), np.int64)]),
+            np.concatenate(
+                [np.ones(na, np.int64), in_proportion(jump[asked]), np.ones(len(cand), np.int64)]
+            ),
         )
         shared, shared_odd = answers[:na], answers[2 * na :]
         shared_at = np.zeros(len(d), dtype=bool)
@@ -367,7 +340,7 @@ class Detectors:
         with np.errstate(invalid="ignore"):
             jumped = size > self.step_z[ds] * level_sigma[a]
         # A paired gauge jumped only if its reading jumped too, not just its thermometer.
-        jumped &= ~np.isin(a, paired) | (dv[a] > _SHARED_Z * sigma[a]) | (span > 1)
+        jumped &= ~np.isin(a, paired) | (dv[a] > SHARED_Z * sigma[a]) | (span > 1)
         moved = reached & (k > at) & (np.abs(level_eff[d] - level) > 0.5 * size)
         moves = np.cumsum(moved)
         moves -= (moves - moved)[head]
@@ -426,47 +399,11 @@ class Detectors:
         self.last_value[uniq] = v[lasts]
         self.last_eff[uniq] = eff[lasts]
 
-    def _shared(self, s: I64, t: I64, level: I64, at: I64, need: I64) -> Bool:
-        """For each reading at positions ``at``: did another series of its group move
-        beyond ``_MOVE_LEVELS[need - 1]`` within the ten seconds up to it (this batch, or
-        remembered)? ``level``: per reading, how many of the levels its move passed.
-        Looking back only keeps the answer the same however the readings are batched."""
-        out = np.zeros(len(at), dtype=bool)
-        lo = int(t[at].min()) - _SHARED_NS if len(at) else 0
-        events: list[tuple[I64, I64]] = []
-        for k in range(1, len(_MOVE_LEVELS) + 1):
-            col = self.moved_ts[:, k - 1]
-            q = np.flatnonzero(need == k)
-            if len(q):
-                m = np.flatnonzero((level >= k) & (t >= lo))  # earlier moves: no one's window
-                recent = np.flatnonzero(col >= lo)
-                events.append((np.concatenate([s[m], recent]), np.concatenate([t[m], col[recent]])))
-                out[q] = self._moved_near(events[-1], s[at[q]], t[at[q]], lo)
-            moved = np.flatnonzero(level >= k)
-            if len(moved):
-                np.maximum.at(col, s[moved], t[moved])
-        return out
-
-    def _moved_near(self, events: tuple[I64, I64], qs: I64, qt: I64, lo: int) -> Bool:
-        ev_s, ev_t = events
-        if len(ev_s) == 0:
-            return np.zeros(len(qs), dtype=bool)
-        unit = key_unit(lo, int(max(ev_t.max(), qt.max())))
-
-        def within(high_ev: I64, high_q: I64) -> I64:
-            keys = np.sort(time_keys(high_ev, ev_t, lo, unit))
-            a = np.searchsorted(keys, time_keys(high_q, qt - _SHARED_NS, lo, unit), "left")
-            b = np.searchsorted(keys, time_keys(high_q, qt, lo, unit), "right")
-            return (b - a).astype(np.int64)
-
-        counted: Bool = within(self.group[ev_s], self.group[qs]) > within(ev_s, qs)
-        return counted
-
     # -- state across restarts -----------------------------------------------------------
 
     _STATE = (
         "first_ts", "last_ts", "last_value", "last_eff", "dev_run", "abrupt", "onset_eff",
-        "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd", "moved_ts",
+        "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd",
     )  # fmt: skip
 
     def save(self, path: Path) -> None:
@@ -476,7 +413,7 @@ class Detectors:
             state = {k: getattr(self, k).copy() for k in self._STATE}
             parts = (
                 ("drift_", self.drift), ("stuck_", self.stuck), ("held_", self.held),
-                ("seg_", self.track),
+                ("moves_", self.moves), ("seg_", self.track),
                 ("raw_", self.raw), ("trail_", self.trail), ("rawtrail_", self.raw_trail),
             )  # fmt: skip
             for prefix, part in parts:
@@ -500,7 +437,10 @@ class Detectors:
             for key in self._STATE:
                 if key in data.files:  # a newer version's state starts fresh
                     getattr(self, key)[mine] = data[key][theirs]
-            parts = (("drift_", self.drift), ("stuck_", self.stuck), ("held_", self.held))
+            parts = (
+                ("drift_", self.drift), ("stuck_", self.stuck), ("held_", self.held),
+                ("moves_", self.moves),
+            )  # fmt: skip
             for prefix, part in parts:
                 n = len(prefix)
                 part.restore(
