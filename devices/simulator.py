@@ -4,8 +4,9 @@ The models live in ``devices/sim_bridge.py`` (structure temperature, strain with
 coefficient of steel and lorry transients, inclination, crack width) and
 ``devices/sim_school.py`` (NRW timetable, CO2 box model with window airing, temperature,
 humidity, PM, noise, light); ``devices/sim_common.py`` holds seeding, local time and
-Dortmund's climate. This module adds fault injection with ground-truth labels and turns the
-values into MQTT messages in the payload formats of DESIGN.md.
+Dortmund's climate; ``devices/sim_faults.py`` holds fault injection with ground-truth labels.
+This module puts them together, rounds values as the devices report them, and turns them
+into MQTT messages in the payload formats of DESIGN.md.
 
 Determinism: a value is a pure function of (seed, series ids, timestamp, faults). Parameters
 come from numpy Generators seeded from the seed and the series' ids (site, device, channel,
@@ -14,9 +15,10 @@ series; sample noise is a counter-based hash of the timestamp, so any chunking o
 the same samples, and the same seed gives the same payload bytes.
 
 Labels: ``series_values`` returns a ``uint8`` array, 0 for a clean sample and
-``FAULT_KINDS.index(kind) + 1`` for a faulty one (``label_kinds`` turns them into names).
-Messages carry the faulty samples they contain in ``SimMessage.labels``; samples of a gap are
-in no message at all.
+``FAULT_KINDS.index(kind) + 1`` for a faulty one (``label_kinds`` turns them into names; these
+and the other fault names of ``devices/sim_faults.py`` are re-exported here). Messages carry
+the faulty samples they contain in ``SimMessage.labels``; samples of a gap are in no message
+at all.
 """
 
 from __future__ import annotations
@@ -27,40 +29,41 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, Literal, get_args
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from devices.registry import Device, Registry, Series
 from devices.sim_bridge import BridgeDevice, Traffic
-from devices.sim_common import F64, I64, NS, Weather, hash_uniform, stable_key
+from devices.sim_common import F64, I64, NS, Weather, stable_key
+from devices.sim_faults import (
+    CLEAN,
+    FAULT_KINDS,
+    FAULT_SCALE,
+    FaultKind,
+    FaultSpec,
+    Labels,
+    apply_faults,
+    label_kinds,
+)
 from devices.sim_school import Room, RoomState, holidays_to_days
 from devices.topics import TopicScheme
 from devices.vocabulary import SiteKind
 
-# New kinds go at the end: labels are ``FAULT_KINDS.index(kind) + 1``, and stored or
-# published labels keep their meaning only if the existing kinds keep their places.
-FaultKind = Literal["spike", "drift", "stuck", "step", "gap", "out_of_range", "settlement"]
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
-CLEAN: Final = 0
-Labels = npt.NDArray[np.uint8]
+__all__ = [
+    "BLOCK_DT_NS",
+    "CLEAN",
+    "FAULT_KINDS",
+    "FAULT_SCALE",
+    "FaultKind",
+    "FaultSpec",
+    "Labels",
+    "SimMessage",
+    "Simulator",
+    "label_kinds",
+]
 
-# What magnitude 1.0 means for spike, drift (at the end of the window), step and settlement,
-# per measurement: an amount an engineer would notice, well above the sensor noise and below
-# a structural alarm. ``FaultSpec(absolute=True)`` gives the amount in the unit instead.
-FAULT_SCALE: Final[dict[str, float]] = {
-    "strain": 50.0,
-    "temperature": 5.0,
-    "inclination": 0.02,
-    "crack_width": 0.05,
-    "co2": 300.0,
-    "humidity": 10.0,
-    "pm2_5": 20.0,
-    "pm10": 30.0,
-    "noise": 15.0,
-    "light": 300.0,
-}
 # Decimals a device reports: far below the noise, and short JSON numbers.
 _DECIMALS: Final[dict[str, int]] = {
     "strain": 2,
@@ -88,38 +91,6 @@ _DAY_NS = 86_400 * NS
 
 
 @dataclass(frozen=True)
-class FaultSpec:
-    """A data fault injected into one series (``series`` = index in ``Registry.series``) or,
-    with ``series=None``, into all of them, for samples in [start_ns, start_ns + duration_ns).
-
-    ``magnitude`` scales ``FAULT_SCALE`` of the measurement (its sign gives the direction),
-    or with ``absolute=True`` is the amount itself in the measurement's unit (a step of 4 ue
-    on a quiet strain gauge): spike: isolated single-sample outliers (about five per window,
-    at least one); drift: a linear ramp from 0 to the amount at the end of the window; stuck:
-    the value frozen at its value at ``start_ns``; step: an offset of the amount; gap: no
-    samples; out_of_range: values (5 + 10 x |magnitude|) % of the range beyond the maximum
-    (below the minimum if magnitude < 0; ``absolute`` does not apply).
-
-    settlement is the one kind that outlasts its window: a monotone rise (a half-cosine, so
-    it starts and ends smoothly) from 0 at ``start_ns`` to the amount at the end of the
-    window, which then stays, as when a support settles. Every sample from ``start_ns`` on
-    carries it and is labelled with it; a later fault on the same series adds to it.
-    Faulty values other than out_of_range stay inside the range.
-    """
-
-    kind: FaultKind
-    series: int | None
-    start_ns: int
-    duration_ns: int
-    magnitude: float = 1.0
-    absolute: bool = False
-
-    @property
-    def end_ns(self) -> int:
-        return self.start_ns + self.duration_ns
-
-
-@dataclass(frozen=True)
 class SimMessage:
     """One MQTT message. ``labels`` lists the faulty samples in it as (series index, t_ns,
     kind); every other sample in it is clean."""
@@ -131,11 +102,6 @@ class SimMessage:
     device: str
     samples: int
     labels: tuple[tuple[int, int, FaultKind], ...] = ()
-
-
-def label_kinds(labels: Labels) -> list[FaultKind | None]:
-    """Turn a label array from ``series_values`` into fault kinds (None for clean)."""
-    return [None if c == CLEAN else FAULT_KINDS[c - 1] for c in labels.tolist()]
 
 
 def _seconds(t_ns: int) -> str:
@@ -286,47 +252,23 @@ class Simulator:
 
     def _finish(self, device: Device, s: Series, ts: I64, clean: F64) -> tuple[F64, Labels]:
         """Apply faults (in the order given; a later label wins) and the device's rounding."""
-        v = clean.astype(np.float64, copy=True)
-        labels = np.zeros(len(ts), dtype=np.uint8)
-        lo, hi = s.minimum, s.maximum
-        for f in self.faults:
-            if f.series is not None and f.series != s.index:
-                continue
-            lasting = f.kind == "settlement"
-            window = (ts >= f.start_ns) & ((ts < f.end_ns) | lasting)
-            if not window.any():
-                continue
-            code = FAULT_KINDS.index(f.kind) + 1
-            amount = f.magnitude * (1.0 if f.absolute else FAULT_SCALE[s.key.measurement])
-            if f.kind == "spike":
-                window &= self._spike_mask(s, f, ts)
-                key = stable_key(self.seed, "spike-sign", s.key.name, s.key.device, f.start_ns)
-                sign = np.where(hash_uniform(key, ts) < 0.5, -1.0, 1.0)
-                up = v + sign * amount
-                # Point the spike away from a range limit, so clipping cannot erase it.
-                up = np.where((up < lo) | (up > hi), v - sign * amount, up)
-                v = np.where(window, up, v)
-            elif f.kind == "drift":
-                frac = (ts - f.start_ns).astype(np.float64) / f.duration_ns
-                v = np.where(window, v + amount * frac, v)
-            elif f.kind == "stuck":
-                start = np.array([f.start_ns], dtype=np.int64)
-                frozen = self._clean(device, start, [s])[s.key.name]
-                v = np.where(window, self._quantise(s, frozen)[0], v)
-            elif f.kind == "step":
-                v = np.where(window, v + amount, v)
-            elif f.kind == "settlement":
-                frac = np.clip((ts - f.start_ns).astype(np.float64) / f.duration_ns, 0.0, 1.0)
-                v = np.where(window, v + amount * (0.5 - 0.5 * np.cos(np.pi * frac)), v)
-            elif f.kind == "gap":
-                v = np.where(window, np.nan, v)
-            else:  # out_of_range
-                beyond = (0.05 + 0.1 * abs(f.magnitude)) * (hi - lo)
-                v = np.where(window, hi + beyond if f.magnitude >= 0 else lo - beyond, v)
-            labels[window] = code
+
+        def reported_at(t_ns: int) -> float:
+            start = np.array([t_ns], dtype=np.int64)
+            return float(self._quantise(s, self._clean(device, start, [s])[s.key.name])[0])
+
+        v, labels = apply_faults(
+            self.faults,
+            s,
+            ts,
+            clean,
+            seed=self.seed,
+            period_ns=self.period_ns(s),
+            reported_at=reported_at,
+        )
         v = self._quantise(s, v)
         inside = labels != FAULT_KINDS.index("out_of_range") + 1
-        v = np.where(inside, np.clip(v, lo, hi), v)
+        v = np.where(inside, np.clip(v, s.minimum, s.maximum), v)
         return v, labels
 
     @staticmethod
@@ -338,18 +280,6 @@ class Simulator:
         if step is not None:
             v = np.round(v / step) * step
         return np.asarray(np.round(v, decimals), dtype=np.float64)
-
-    def _spike_mask(self, s: Series, f: FaultSpec, ts: I64) -> npt.NDArray[np.bool_]:
-        """Spike instants: one at a jittered point of every fifth of the window (at least ten
-        samples apart), each hitting the first sample of the series' grid after it. Defined
-        on absolute time, so any chunking of a span gives the same spikes."""
-        period = self.period_ns(s)
-        spacing = max(f.duration_ns // 5, 10 * period)
-        k = (ts - f.start_ns) // spacing
-        key = stable_key(self.seed, "spike-at", s.key.name, s.key.device, f.start_ns)
-        jitter = hash_uniform(key, k) * 0.8 * spacing
-        at = f.start_ns + k * spacing + np.where(k == 0, 0, jitter.astype(np.int64))
-        return np.asarray((ts >= at) & (ts < at + period))
 
     # --- messages ---------------------------------------------------------------------------
 
