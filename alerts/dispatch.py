@@ -21,7 +21,6 @@ is no REPEAT to drop, as losing them would hide an incident.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from datetime import timedelta
 
 from alerts.channels.base import Channel, DeliveryError
 from alerts.model import Event, Notification
+from ingest.retry import Backoff
 
 __all__ = ["DeliveryRetry", "DispatchSettings", "Dispatcher", "Recorder"]
 
@@ -54,18 +54,19 @@ class DeliveryRetry:
         if self.base_delay < timedelta(0) or self.max_delay < self.base_delay:
             raise ValueError("need 0 <= base_delay <= max_delay")
 
+    @property
+    def backoff(self) -> Backoff:
+        """``base_delay`` doubling up to ``max_delay``; half of each wait is fixed and half
+        random, so channels that failed together (the network came back) do not all retry
+        in the same instant, yet the wait never collapses to nothing."""
+        return Backoff(self.base_delay, self.max_delay, multiplier=2.0, jitter=0.5)
+
     def delay(self, failed_attempts: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``failed_attempts``-th failure (1-based), at least
-        ``retry_after`` (what the other side asked for) up to ``max_delay``.
-
-        Half the backoff is fixed and half random, so channels that failed together
-        (the network came back) do not all retry in the same instant, yet the wait never
-        collapses to nothing."""
-        longest = self.max_delay.total_seconds()
-        ceiling = min(longest, self.base_delay.total_seconds() * 2 ** max(0, failed_attempts - 1))
-        wait = random.uniform(ceiling / 2, ceiling)
+        ``retry_after`` (what the other side asked for) up to ``max_delay``."""
+        wait = self.backoff.delay(failed_attempts - 1).total_seconds()
         if retry_after is not None:
-            wait = max(wait, min(retry_after, longest))
+            wait = max(wait, min(retry_after, self.max_delay.total_seconds()))
         return wait
 
 

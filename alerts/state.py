@@ -10,9 +10,7 @@ overwritten by the engine's next update.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
+from ingest.stores.sqlitefile import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -114,37 +113,24 @@ def _dt(value: str | None) -> datetime | None:
 class AlertStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if fresh:
-            os.chmod(path, 0o600)  # who acknowledged what is operational data
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(alerts)")}
+        self._file = SqliteFile(path)  # mode 0600: who acknowledged what is operational data
+        db = self._file.conn
+        db.executescript(_SCHEMA)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(alerts)")}
         if "annotations" not in columns:  # a file written before incidents had them
-            self._db.execute("ALTER TABLE alerts ADD COLUMN annotations TEXT NOT NULL DEFAULT '{}'")
+            db.execute("ALTER TABLE alerts ADD COLUMN annotations TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._file.transaction() as cur:
+            yield cur.connection
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        with self._file.locked() as db:
+            return db.execute(sql, args).fetchall()
 
     # -- alerts --------------------------------------------------------------------------
 
@@ -364,8 +350,8 @@ class AlertStore:
                 "DELETE FROM alerts WHERE state=? AND resolved_at<?", (str(State.RESOLVED), cut)
             ).rowcount
             n += db.execute("DELETE FROM silences WHERE ends_at<?", (cut,)).rowcount
-        with self._lock:
-            self._db.execute("PRAGMA optimize")
+        with self._file.locked() as db:
+            db.execute("PRAGMA optimize")
         return n
 
 

@@ -12,14 +12,13 @@ keeps those writes off the ingest's commit lock.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ingest.stores.sqlitefile import SqliteFile
 
 NS = 1_000_000_000
 TOKEN_PREFIX = "spx_"  # noqa: S105 - not a secret: recognisable in a leaked paste, so it can be revoked quickly
@@ -111,26 +110,11 @@ def token_hash(secret: str) -> bytes:
 class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+        self._file = SqliteFile(path)
+        self._file.conn.executescript(_SCHEMA)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Cursor]:
+        return self._file.transaction()
 
     def create(
         self, site: str, device: str | None, expires_ns: int, label: str, now_ns: int
@@ -150,8 +134,8 @@ class TokenStore:
         return token_id, secret
 
     def verify(self, secret: str, now_ns: int) -> TokenScope:
-        with self._lock:
-            row = self._conn.execute(
+        with self._file.locked() as conn:
+            row = conn.execute(
                 "SELECT id, site, device, label, expires_ns, revoked_ns FROM tokens WHERE hash = ?",
                 (token_hash(secret),),
             ).fetchone()
@@ -173,8 +157,8 @@ class TokenStore:
             return cur.rowcount == 1
 
     def all(self) -> list[TokenInfo]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._file.locked() as conn:
+            rows = conn.execute(
                 "SELECT t.id, t.site, t.device, t.label, t.created_ns, t.expires_ns, "
                 "t.revoked_ns, count(l.id), max(l.at_ns) FROM tokens t "
                 "LEFT JOIN export_log l ON l.token_id = t.id AND l.status = 'ok' "
@@ -229,10 +213,9 @@ class TokenStore:
             sql += " WHERE token_id = ?"
             params = (token_id,)
         sql += " ORDER BY id DESC LIMIT ?"
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, limit)).fetchall()
+        with self._file.locked() as conn:
+            rows = conn.execute(sql, (*params, limit)).fetchall()
         return [LogEntry(*r) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._file.close()

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
@@ -26,6 +25,7 @@ from devices.codecs import Decoded, Decoder, ReadingRejected
 from ingest.anomaly import AnomalyCheck
 from ingest.batch import InboundMessage, ReadingBatch, Receipt, Rejection, message_digest
 from ingest.metrics import IngestMetrics
+from ingest.retry import Backoff
 from ingest.stores.base import Committer
 
 log = logging.getLogger(__name__)
@@ -58,23 +58,8 @@ class PreparedBatch:
     receipts: list[Receipt]
 
 
-@dataclass(frozen=True, slots=True)
-class RetrySettings:
-    initial: timedelta = timedelta(milliseconds=100)
-    maximum: timedelta = timedelta(seconds=10)
-    multiplier: float = 2.0
-
-    def delays(self) -> Callable[[], float]:
-        """Full-jitter exponential backoff, in seconds, without end."""
-        state = {"cap": self.initial.total_seconds()}
-        cap_max = self.maximum.total_seconds()
-
-        def next_delay() -> float:
-            delay = random.uniform(0, state["cap"])
-            state["cap"] = min(cap_max, state["cap"] * self.multiplier)
-            return delay
-
-        return next_delay
+# A failed durable commit is retried without end, after 0.1 s rising to 10 s (full jitter).
+COMMIT_RETRY = Backoff(initial=timedelta(milliseconds=100), maximum=timedelta(seconds=10))
 
 
 class Pipeline:
@@ -156,7 +141,7 @@ class Pipeline:
 class BatchSettings:
     max_messages: int = 2000
     max_wait: timedelta = timedelta(milliseconds=100)
-    retry: RetrySettings = field(default_factory=RetrySettings)
+    retry: Backoff = COMMIT_RETRY
 
 
 class IngestLoop:
@@ -238,14 +223,15 @@ class IngestLoop:
             self.pipeline.notify(prepared)
 
     def _commit(self, prepared: PreparedBatch, stop: threading.Event) -> bool:
-        delays = self.settings.retry.delays()
+        attempt = 0
         while True:
             try:
                 self.pipeline.commit(prepared)
             except Exception:
                 self.pipeline.metrics.commit_failures.inc()
                 log.exception("durable commit failed; retrying the same batch")
-                if stop.wait(delays()):
+                if stop.wait(self.settings.retry.delay(attempt).total_seconds()):
                     return False
+                attempt += 1
             else:
                 return True

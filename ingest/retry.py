@@ -1,14 +1,54 @@
-"""The ``Retry-After`` header of an HTTP answer, for whatever retries a request: the alert
-channels that speak HTTP, and the InfluxDB store."""
+"""Waiting before trying again: ``Backoff``, the exponential backoff with jitter of the
+durable commit (``ingest.pipeline``), the InfluxDB drain (``ingest.stores.influx``) and
+the alert channels (``alerts.dispatch``), and ``parse_retry_after``, the ``Retry-After``
+header of an HTTP answer, for the alert channels that speak HTTP and the InfluxDB store."""
 
 from __future__ import annotations
 
 import email.utils
 import math
+import random
 import time
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, timedelta
 
-__all__ = ["parse_retry_after"]
+__all__ = ["Backoff", "parse_retry_after"]
+
+# Capping the exponent keeps a days-long outage from overflowing the float.
+_MAX_EXPONENT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter. Attempt *n* (counted from 0) has the ceiling
+    ``min(maximum, initial * multiplier**n)`` and waits a uniformly random time between
+    ``(1 - jitter) * ceiling`` and the ceiling: full jitter (``jitter=1``, the default)
+    waits anything from zero, ``jitter=0.5`` at least half the ceiling."""
+
+    initial: timedelta
+    maximum: timedelta
+    multiplier: float = 2.0
+    jitter: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.initial < timedelta(0) or self.maximum < self.initial:
+            raise ValueError("retry backoff needs 0 <= initial <= maximum")
+        if self.multiplier < 1:
+            raise ValueError("retry backoff multiplier must be at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("retry backoff jitter must be between 0 and 1")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> timedelta:
+        """A random wait for attempt ``attempt`` (from 0; a negative one counts as 0),
+        drawn from ``rng`` or else the ``random`` module."""
+        exponent = min(max(attempt, 0), _MAX_EXPONENT)
+        longest = self.maximum.total_seconds()
+        try:
+            top = min(longest, self.initial.total_seconds() * self.multiplier**exponent)
+        except OverflowError:
+            top = longest
+        uniform = rng.uniform if rng is not None else random.uniform
+        return timedelta(seconds=uniform((1.0 - self.jitter) * top, top))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

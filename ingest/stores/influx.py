@@ -16,8 +16,9 @@ How a failed write is handled:
 - 429, 5xx, timeouts, refused or reset connections, and any other status that says
   nothing about the data (401, 403, 404: a token or bucket the operator fixes while the
   journal holds the readings): retry the same chunk with full-jitter exponential backoff
-  (``RetrySettings``), honouring ``Retry-After`` on 429, and never give up; only ``stop``
-  interrupts the wait, and the chunk stays in the journal for the next start.
+  (``InfluxSettings.retry``, an ``ingest.retry.Backoff``), honouring ``Retry-After`` on
+  429, and never give up; only ``stop`` interrupts the wait, and the chunk stays in the
+  journal for the next start.
 - 400, 413 and 422 are about the data (a parse error, a body too large, a field type
   conflict, a point outside the retention period): split the chunk in halves and write
   each; a single line the database still refuses is quarantined (reason
@@ -36,15 +37,12 @@ Reads (``readings``, for exports and the alert digest) go to InfluxDB through Fl
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import math
-import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import urllib3
@@ -55,6 +53,7 @@ from influxdb_client.rest import ApiException
 
 from devices.registry import Series
 from ingest.batch import ReadingBatch, Receipt, Rejection
+from ingest.retry import Backoff, parse_retry_after
 from ingest.stores.base import ReadingQuery, StoredReading, WriteStats
 from ingest.stores.flux import FluxSource
 from ingest.stores.lineprotocol import reading_line, reading_prefix
@@ -93,27 +92,8 @@ QUARANTINE_REASON = "store_rejected"
 _MIN_READ_TIMEOUT = timedelta(seconds=30)
 
 
-@dataclass(frozen=True, slots=True)
-class RetrySettings:
-    """Exponential backoff with full jitter: attempt *n* waits a uniformly random time
-    between zero and ``min(maximum, initial * multiplier**n)``."""
-
-    initial: timedelta = timedelta(seconds=0.2)
-    maximum: timedelta = timedelta(seconds=30)
-    multiplier: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.initial <= timedelta(0) or self.maximum < self.initial:
-            raise ValueError("retry backoff needs 0 < initial <= maximum")
-        if self.multiplier < 1:
-            raise ValueError("retry backoff multiplier must be at least 1")
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> timedelta:
-        ceiling = self.maximum.total_seconds()
-        # Capping the exponent keeps a days-long outage from overflowing the float.
-        grown = self.initial.total_seconds() * self.multiplier ** min(attempt, 64)
-        uniform = rng.uniform if rng is not None else random.uniform
-        return timedelta(seconds=uniform(0.0, min(ceiling, grown)))
+# A failed write is retried without end, after 0.2 s rising to 30 s (full jitter).
+WRITE_RETRY = Backoff(initial=timedelta(seconds=0.2), maximum=timedelta(seconds=30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +109,15 @@ class InfluxSettings:
     chunk_size: int = 5000
     # The drain is woken by every commit; the poll only catches what a wake-up missed.
     poll_interval: timedelta = timedelta(seconds=1)
-    retry: RetrySettings = field(default_factory=RetrySettings)
+    retry: Backoff = WRITE_RETRY
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError("influx chunk_size must be at least 1")
         if self.timeout <= timedelta(0) or self.poll_interval <= timedelta(0):
             raise ValueError("influx timeout and poll_interval must be positive")
+        if self.retry.initial <= timedelta(0):
+            raise ValueError("influx retry backoff needs 0 < initial <= maximum")
 
     @property
     def read_timeout(self) -> timedelta:
@@ -381,7 +363,7 @@ class InfluxStore:
                     return _Refusal(status, message)
                 error = f"HTTP {status}: {message}"
                 if status == 429:
-                    retry_after = _retry_after_seconds(exc.retry_after)
+                    retry_after = parse_retry_after(exc.retry_after)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:
@@ -410,23 +392,3 @@ def _error_text(exc: ApiException) -> str:
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     return str(message).strip()
-
-
-def _retry_after_seconds(header: str | None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110, 10.2.3)."""
-    if not header:
-        return None
-    header = header.strip()
-    try:
-        seconds = float(header)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)

@@ -8,11 +8,9 @@ records become durable together, and only then are the MQTT messages acknowledge
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy.typing as npt
 
 from devices.registry import Series
 from ingest.batch import ReadingBatch, Receipt, Rejection, message_digest
+from ingest.stores.sqlitefile import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -66,44 +65,26 @@ class SqliteSettings:
     busy_timeout_ms: int = 5000
 
 
-def _create_private(path: Path) -> None:
-    """Create the file readable by its owner only (it holds raw device payloads)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class LocalDatabase:
-    """A SQLite file in WAL mode with one writer connection, guarded by a lock."""
+    """A private SQLite file (``SqliteFile``: mode 0600, WAL) with one writer connection,
+    guarded by a lock."""
 
     def __init__(
         self, settings: SqliteSettings, series: Sequence[Series], extra_schema: str
     ) -> None:
-        if settings.synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-            raise ValueError(
-                f"sqlite synchronous must be NORMAL, FULL or EXTRA, not {settings.synchronous!r}"
-            )
         self.settings = settings
         self.path = settings.path
-        _create_private(self.path)
-        self._lock = threading.Lock()
-        self._conn = self.connect()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={settings.synchronous}")
-        self._conn.executescript(_SCHEMA + extra_schema)
+        self._file = SqliteFile(
+            self.path,
+            synchronous=settings.synchronous,
+            busy_timeout_ms=settings.busy_timeout_ms,
+        )
+        self._file.conn.executescript(_SCHEMA + extra_schema)
         self.series_ids = self._register_series(series)
         self._pruned_ns = 0
 
     def connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self.settings.busy_timeout_ms / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        conn.execute(f"PRAGMA busy_timeout={self.settings.busy_timeout_ms}")
-        return conn
+        return self._file.connect()
 
     def _register_series(self, series: Sequence[Series]) -> npt.NDArray[np.int64]:
         """Map registry series indexes to stable database ids (kept across registry edits)."""
@@ -124,17 +105,8 @@ class LocalDatabase:
             }
         return np.array([ids[r[:4]] for r in rows], dtype=np.int64)
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            cur.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Cursor]:
+        return self._file.transaction()
 
     def commit(
         self,
@@ -190,8 +162,8 @@ class LocalDatabase:
             self._pruned_ns = now
 
     def receipt_time(self, digest: bytes) -> int | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self._file.locked() as conn:
+            row = conn.execute(
                 "SELECT received_ns FROM receipts WHERE digest = ?", (digest,)
             ).fetchone()
         return None if row is None else int(row[0])
@@ -218,10 +190,9 @@ class LocalDatabase:
     def maintain(self) -> None:
         """Nightly upkeep: fold the WAL back into the database so it does not keep the
         size of the busiest hour, and let SQLite refresh its query statistics."""
-        with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.execute("PRAGMA optimize")
+        with self._file.locked() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA optimize")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._file.close()

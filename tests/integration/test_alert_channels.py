@@ -44,6 +44,7 @@ from alerts.dispatch import DeliveryRetry, Dispatcher, DispatchSettings
 from alerts.model import Alert, AlertKey, Event, Notification, Severity, State
 from stadtpuls.broker import LOOPBACK, MosquittoBroker, free_port
 from tests.support.alertmanager import Alertmanager
+from tests.support.processes import BrokerFactory, Processes
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -84,9 +85,8 @@ def resolve(alert: Alert) -> Alert:
 
 
 @pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
-    with Alertmanager(tmp_path_factory.mktemp("alertmanager")) as am:
-        yield am
+def alertmanager(module_processes: Processes) -> Alertmanager:
+    return module_processes.start(Alertmanager(module_processes.workdir("alertmanager")))
 
 
 def test_alertmanager_lists_the_firing_alert_and_drops_it_when_resolved(
@@ -298,9 +298,9 @@ def _text(message: Message) -> str:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker", persistence=False) as b:
-        yield b
+def broker(broker_factory: BrokerFactory) -> MosquittoBroker:
+    """Conftest's broker without persistence: after a restart it knows no earlier session."""
+    return broker_factory(persistence=False)
 
 
 class Listener:

@@ -38,8 +38,8 @@ from devices.simulator import FaultSpec, SimMessage, Simulator
 from devices.topics import TopicScheme
 from devices.vocabulary import SiteKind
 from stadtpuls.broker import MosquittoBroker, free_port
-from tests.registry_fixture import test_registry
 from tests.support.alertmanager import Alertmanager
+from tests.support.processes import Processes
 from tests.support.service import ServiceProcess
 from tests.support.waiting import wait_until
 
@@ -212,11 +212,10 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    am = Alertmanager(tmp_path / "am")
-    am.start()
+def rig(
+    tmp_path: Path, registry: Registry, broker: MosquittoBroker, processes: Processes
+) -> Iterator[Rig]:
+    am = processes.start(Alertmanager(processes.workdir("am")))
     webhook = Webhook()
     mailbox = Mailbox()
     smtp_port = free_port()
@@ -224,13 +223,11 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     smtp.start()
     listener = MqttListener(broker.port)
     try:
-        yield Rig(tmp_path, test_registry(), broker, am, webhook, mailbox, smtp_port, listener)
+        yield Rig(tmp_path, registry, broker, am, webhook, mailbox, smtp_port, listener)
     finally:
         listener.close()
         smtp.stop()
         webhook.close()
-        am.stop()
-        broker.stop()
 
 
 def _reading(topic: str, name: str, value: float, t_ns: int) -> SimMessage:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from ingest.quarantine import Quarantine
 from stadtpuls.broker import MosquittoBroker
 from tests.integration.test_delivery import count_strain
-from tests.support.service import ServiceProcess
+from tests.support.processes import ServiceFactory
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -67,55 +65,45 @@ def bad_inputs(now: float) -> list[tuple[str, str, bytes, str]]:
     ]  # fmt: skip
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
-
-
 def good(now: float, i: int) -> bytes:
     record = {"bn": "sg1/", "bt": now - 30 + i, "n": "g1/strain", "v": float(i)}
     return json.dumps([record]).encode()
 
 
 def test_bad_input_quarantined_good_stored_service_keeps_running(
-    tmp_path: Path, broker: MosquittoBroker
+    broker: MosquittoBroker, service_factory: ServiceFactory
 ) -> None:
-    service = ServiceProcess(tmp_path / "svc", broker.port, batch={"max_wait": 0.5})
-    service.start()
-    try:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-        client.connect(broker.host, broker.port)
-        client.loop_start()
-        now = time.time()
-        cases = bad_inputs(now)
-        infos = []
-        for i, (_, topic, payload, _) in enumerate(cases):
-            infos.append(client.publish(B, good(now, i), qos=1))
-            infos.append(client.publish(topic, payload, qos=1))
-        for info in infos:
-            info.wait_for_publish(10)
-        quarantine = Quarantine(service.db)
-        wait_until(
-            lambda: (
-                count_strain(service.db) == len(cases)
-                and sum(quarantine.counts().values()) == len(cases)
-            ),
-            30,
-            "good readings stored and bad messages quarantined",
-        )
-        entries = {(e.topic, e.payload): e for e in quarantine.list(limit=1000)}
-        for name, topic, payload, reason in cases:
-            entry = entries.get((topic, payload))
-            assert entry is not None, f"{name}: not quarantined"
-            assert entry.reason == reason, f"{name}: {entry.reason} ({entry.detail})"
-            assert entry.detail
-        assert service.metric("stadtpuls_messages_rejected_total", reason="not_finite") == 3
-        # Still running: a later good reading is stored, the service is ready.
-        client.publish(B, good(now, -1), qos=1).wait_for_publish(10)
-        wait_until(lambda: count_strain(service.db) == len(cases) + 1, 10, "a later reading")
-        assert service.ready()
-        client.disconnect()
-        client.loop_stop()
-    finally:
-        service.stop()
+    service = service_factory(broker.port, name="svc", batch={"max_wait": 0.5})
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    now = time.time()
+    cases = bad_inputs(now)
+    infos = []
+    for i, (_, topic, payload, _) in enumerate(cases):
+        infos.append(client.publish(B, good(now, i), qos=1))
+        infos.append(client.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(10)
+    quarantine = Quarantine(service.db)
+    wait_until(
+        lambda: (
+            count_strain(service.db) == len(cases)
+            and sum(quarantine.counts().values()) == len(cases)
+        ),
+        30,
+        "good readings stored and bad messages quarantined",
+    )
+    entries = {(e.topic, e.payload): e for e in quarantine.list(limit=1000)}
+    for name, topic, payload, reason in cases:
+        entry = entries.get((topic, payload))
+        assert entry is not None, f"{name}: not quarantined"
+        assert entry.reason == reason, f"{name}: {entry.reason} ({entry.detail})"
+        assert entry.detail
+    assert service.metric("stadtpuls_messages_rejected_total", reason="not_finite") == 3
+    # Still running: a later good reading is stored, the service is ready.
+    client.publish(B, good(now, -1), qos=1).wait_for_publish(10)
+    wait_until(lambda: count_strain(service.db) == len(cases) + 1, 10, "a later reading")
+    assert service.ready()
+    client.disconnect()
+    client.loop_stop()

@@ -21,14 +21,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from dashboards.broker_acl import (
     SERVICE_ACCOUNT,
     SIMULATOR_ACCOUNT,
-    broker_auth,
     derive_password,
-    write_broker_auth,
 )
 from devices.registry import Registry
 from devices.topics import TopicScheme
 from stadtpuls.broker import MosquittoBroker
-from tests.registry_fixture import test_registry
+from tests.support.processes import Processes, broker_auth_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -47,20 +45,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("broker-acl")
-    registry, topics = test_registry(), TopicScheme()
-    passwd, acl = write_broker_auth(broker_auth(registry, topics, MASTER), workdir / "auth")
-    # The embedded broker's own config allows anonymous clients; Mosquitto takes the last
-    # value of a repeated global option, which the anonymous test below proves. Debian's
-    # Mosquitto 2.0.11 drops an MQTT 5 client right after refusing its QoS 1 publish when
-    # max_queued_messages is 0 (no limit), so these tests set a finite one: the ACL's
-    # verdict, the PUBACK reason code, is what they are about.
-    extra = (
-        f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\nmax_queued_messages 1000\n"
-    )
-    with MosquittoBroker(workdir / "mosquitto", extra_config=extra) as broker:
-        yield Stack(broker, registry, topics)
+def stack(module_processes: Processes, registry: Registry, topics: TopicScheme) -> Stack:
+    auth = broker_auth_config(registry, MASTER, module_processes.workdir("auth"), topics)
+    # The auth lines override the embedded broker's own allow_anonymous, which the
+    # anonymous test below proves. Debian's Mosquitto 2.0.11 drops an MQTT 5 client right
+    # after refusing its QoS 1 publish when max_queued_messages is 0 (no limit), so these
+    # tests set a finite one: the ACL's verdict, the PUBACK reason code, is what they are
+    # about.
+    broker = module_processes.broker(extra_config=auth + "max_queued_messages 1000\n")
+    return Stack(broker, registry, topics)
 
 
 class Client:

@@ -1,6 +1,7 @@
 """The delivery guarantee on real parts: a real Mosquitto on a free loopback port, the
 service as a real process, and a load generator in a third process. Every reading the
-broker acknowledged to the publisher must end up stored exactly once, whatever is killed."""
+broker acknowledged to the publisher must end up stored exactly once, whatever is killed.
+The broker and the service are the ``broker`` and ``service`` fixtures (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,20 +21,6 @@ from tests.support.service import ServiceProcess
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
-
-
-@pytest.fixture
-def service(tmp_path: Path, broker: MosquittoBroker) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(tmp_path / "service", broker.port)
-    svc.start()
-    yield svc
-    svc.stop()
 
 
 @dataclass

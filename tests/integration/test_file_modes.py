@@ -17,10 +17,11 @@ import pytest
 
 from alerts.state import AlertStore
 from export.tokens import TokenStore
-from ingest.stores.influx import InfluxSettings, InfluxStore
+from ingest.stores.influx import InfluxStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
-from tests.registry_fixture import test_registry
+from tests.support.registry import sample_registry
+from tests.support.stores import influx_settings
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,14 @@ class Closable(Protocol):
 
 
 def sqlite_store(path: Path) -> Closable:
-    return SqliteStore(SqliteSettings(path), test_registry().series)
+    return SqliteStore(SqliteSettings(path), sample_registry().series)
 
 
 def influx_journal(path: Path) -> Closable:
     # Never started: the journal is what is on disk; no InfluxDB is needed for that.
-    influx = InfluxSettings(url="http://127.0.0.1:9", org="o", bucket="b", token="t" * 20)
-    return InfluxStore(influx, SqliteSettings(path), test_registry().series)
+    return InfluxStore(
+        influx_settings("http://127.0.0.1:9"), SqliteSettings(path), sample_registry().series
+    )
 
 
 def token_store(path: Path) -> Closable:

@@ -26,7 +26,7 @@ from dashboards.provisioning import DatasourceTarget, datasource_specs
 from dashboards.push import DIGEST_KEY, DashboardDrift, connect, push
 from devices.registry import Registry, parse_registry
 from stadtpuls.cli import main
-from tests.registry_fixture import REGISTRY_YAML
+from tests.support.registry import REGISTRY_YAML
 
 pytestmark = pytest.mark.integration
 
@@ -172,11 +172,6 @@ def grafana() -> Iterator[FakeGrafana]:
     server.shutdown()
     server.server_close()
     thread.join()
-
-
-@pytest.fixture
-def registry() -> Registry:
-    return parse_registry(REGISTRY_YAML, "test-registry.yaml")
 
 
 def do_push(grafana: FakeGrafana, registry: Registry, *, force: bool = False) -> Any:

@@ -20,7 +20,6 @@ import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from ingest.quarantine import Quarantine
 from stadtpuls.broker import MosquittoBroker
 from tests.integration.test_delivery import count_strain, start_load
+from tests.support.processes import Processes
 from tests.support.service import ServiceProcess
 from tests.support.waiting import wait_until
 
@@ -158,22 +158,16 @@ UNDELIVERABLE = [
 ]
 
 
-# One broker and one service for the module: the service takes seconds to start, and each
-# test counts what it adds rather than what is there.
+# One broker and one service for the module, instead of conftest's per test: the service
+# takes seconds to start, and each test counts what it adds rather than what is there.
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path_factory.mktemp("broker")) as b:
-        yield b
+def broker(module_processes: Processes) -> MosquittoBroker:
+    return module_processes.broker()
 
 
 @pytest.fixture(scope="module")
-def service(
-    tmp_path_factory: pytest.TempPathFactory, broker: MosquittoBroker
-) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(tmp_path_factory.mktemp("service"), broker.port)
-    svc.start()
-    yield svc
-    svc.stop()
+def service(module_processes: Processes, broker: MosquittoBroker) -> ServiceProcess:
+    return module_processes.service(broker.port)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,13 @@
 """``InfluxStore``: the journal, the drain, retries and the split of refused batches.
 
 The write path runs against a real VictoriaMetrics process, which accepts the requests
-influxdb-client sends to ``/api/v2/write``. The refusal and retry paths run against a small
-stand-in server (see ``InfluxStandIn`` for why).
+influxdb-client sends to ``/api/v2/write``: the session's shared one, emptied for each test,
+or one of the test's own where the test stops it. The refusal and retry paths run against
+a small stand-in server (see ``InfluxStandIn`` for why).
+
+All of this is ``InfluxStore``'s own (``SqliteStore`` has no journal to drain), so these
+tests run on it alone; what both stores keep is in ``tests/unit/test_stores.py`` and
+``tests/unit/test_pipeline.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import pytest
 
 from devices.registry import Registry, parse_registry
 from ingest.batch import ReadingBatch, Rejection
-from ingest.stores.influx import InfluxSettings, InfluxStore, RetrySettings
+from ingest.retry import Backoff
+from ingest.stores.influx import InfluxStore
 from ingest.stores.lineprotocol import reading_line, reading_prefix
 from ingest.stores.local import SqliteSettings
+from tests.support.processes import VictoriaFactory
+from tests.support.stores import DRAIN_TIMEOUT_S, influx_settings
 from tests.support.victoria import VictoriaMetrics
 from tests.support.waiting import wait_until
 
@@ -43,12 +51,12 @@ sites:
 
 # Whole milliseconds: VictoriaMetrics keeps timestamps in ms and cuts off the rest.
 T0_NS = 1_700_000_000_000 * 1_000_000
-FAST_RETRY = RetrySettings(initial=timedelta(milliseconds=10), maximum=timedelta(milliseconds=50))
-DRAIN_TIMEOUT_S = 30.0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def registry() -> Registry:
+    """One device with a channel's and a device's measurement: both tag layouts, and the
+    exported series stay few enough to compare whole."""
     return parse_registry(REGISTRY_YAML)
 
 
@@ -80,13 +88,6 @@ def readings(registry: Registry, start: int, count: int) -> ReadingBatch:
     )
 
 
-def influx_settings(url: str, **overrides: Any) -> InfluxSettings:
-    defaults: dict[str, Any] = {"retry": FAST_RETRY, "timeout": timedelta(seconds=5)}
-    return InfluxSettings(
-        url=url, org="stadtpuls", bucket="stadtpuls", token="unused", **(defaults | overrides)
-    )
-
-
 def quarantine(store: InfluxStore) -> list[tuple[str, bytes, str, str]]:
     conn = store.db.connect()
     try:
@@ -107,21 +108,18 @@ def drained(store: InfluxStore) -> None:
 # -- against VictoriaMetrics -------------------------------------------------------------
 
 
-@pytest.fixture
-def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    vm = VictoriaMetrics(tmp_path / "vm")
-    vm.start()
-    try:
-        yield vm
-    finally:
-        vm.stop()
-
-
-@pytest.fixture
-def store(victoria: VictoriaMetrics, tmp_path: Path, registry: Registry) -> Iterator[InfluxStore]:
-    s = InfluxStore(
-        influx_settings(victoria.url), SqliteSettings(tmp_path / "journal.db"), registry.series
+def open_store(vm: VictoriaMetrics, tmp_path: Path, registry: Registry) -> InfluxStore:
+    return InfluxStore(
+        influx_settings(vm.url), SqliteSettings(tmp_path / "journal.db"), registry.series
     )
+
+
+@pytest.fixture
+def influx_store(
+    victoria: VictoriaMetrics, tmp_path: Path, registry: Registry
+) -> Iterator[InfluxStore]:
+    """Not started: each test starts it when it wants the drain to run."""
+    s = open_store(victoria, tmp_path, registry)
     try:
         yield s
     finally:
@@ -170,8 +168,9 @@ def concat(batches: Sequence[ReadingBatch]) -> ReadingBatch:
 
 @pytest.mark.integration
 def test_committed_readings_arrive_with_exact_values_timestamps_and_labels(
-    store: InfluxStore, victoria: VictoriaMetrics, registry: Registry
+    influx_store: InfluxStore, victoria: VictoriaMetrics, registry: Registry
 ) -> None:
+    store = influx_store
     batch = readings(registry, 0, 50)
     store.start()
     store.commit(batch, [])
@@ -184,32 +183,37 @@ def test_committed_readings_arrive_with_exact_values_timestamps_and_labels(
 
 @pytest.mark.integration
 def test_database_outage_grows_the_journal_and_every_reading_arrives_once(
-    store: InfluxStore, victoria: VictoriaMetrics, registry: Registry
+    victoria_factory: VictoriaFactory, tmp_path: Path, registry: Registry
 ) -> None:
     """VictoriaMetrics deduplicates a re-sent point, so the export alone cannot show that
     nothing was sent twice; ``points_written`` counting every reading once does."""
-    before = readings(registry, 0, 20)
-    store.start()
-    store.commit(before, [])
-    drained(store)
+    victoria = victoria_factory()  # its own: the test stops it
+    store = open_store(victoria, tmp_path, registry)
+    try:
+        before = readings(registry, 0, 20)
+        store.start()
+        store.commit(before, [])
+        drained(store)
 
-    victoria.stop()
-    during = [readings(registry, 20 + 30 * k, 30) for k in range(4)]
-    for k, batch in enumerate(during, start=1):
-        store.commit(batch, [])  # the durable commit does not wait for the database
-        assert store.journal_depth() == 60 * k
-    wait_until(lambda: store.stats.write_retries >= 2, DRAIN_TIMEOUT_S, "write retries")
-    assert store.stats.last_write_error is not None
-    assert store.journal_depth() == 240
+        victoria.stop()
+        during = [readings(registry, 20 + 30 * k, 30) for k in range(4)]
+        for k, batch in enumerate(during, start=1):
+            store.commit(batch, [])  # the durable commit does not wait for the database
+            assert store.journal_depth() == 60 * k
+        wait_until(lambda: store.stats.write_retries >= 2, DRAIN_TIMEOUT_S, "write retries")
+        assert store.stats.last_write_error is not None
+        assert store.journal_depth() == 240
 
-    victoria.start()
-    drained(store)
+        victoria.start()
+        drained(store)
 
-    everything = concat([before, *during])
-    assert stored(victoria) == expected(everything, registry)
-    assert store.stats.points_written == len(everything)
-    assert store.stats.points_quarantined == 0
-    assert store.stats.last_write_error is None
+        everything = concat([before, *during])
+        assert stored(victoria) == expected(everything, registry)
+        assert store.stats.points_written == len(everything)
+        assert store.stats.points_quarantined == 0
+        assert store.stats.last_write_error is None
+    finally:
+        store.close()
 
 
 @pytest.mark.integration
@@ -411,9 +415,7 @@ def test_stop_interrupts_a_long_backoff_and_loses_nothing(
 
 
 def test_backoff_stays_under_its_exponential_ceiling() -> None:
-    retry = RetrySettings(
-        initial=timedelta(seconds=0.2), maximum=timedelta(seconds=30), multiplier=2
-    )
+    retry = Backoff(initial=timedelta(seconds=0.2), maximum=timedelta(seconds=30), multiplier=2)
     rng = random.Random(7)
     for attempt in range(200):
         ceiling = min(30.0, 0.2 * 2**attempt)

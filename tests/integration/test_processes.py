@@ -19,6 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from stadtpuls import broker as broker_module
 from stadtpuls.broker import AmqttBroker, MosquittoBroker, start_embedded_broker
+from tests.support.processes import VictoriaFactory
 from tests.support.victoria import VictoriaMetrics
 from tests.support.waiting import wait_until
 
@@ -268,12 +269,6 @@ def test_start_embedded_broker_prefers_mosquitto(
         fallback.stop()
 
 
-@pytest.fixture
-def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    with VictoriaMetrics(tmp_path / "vm") as vm:
-        yield vm
-
-
 LINES = [
     "strain,kind=bridge,site=b1,device=sg1,channel=g1 value=12.5,anomaly=0i,score=0 "
     "1700000000000000000",
@@ -290,7 +285,8 @@ def _write(vm: VictoriaMetrics, lines: list[str]) -> None:
         )
 
 
-def test_victoria_stores_influx_lines_once(victoria: VictoriaMetrics) -> None:
+def test_victoria_stores_influx_lines_once(victoria_factory: VictoriaFactory) -> None:
+    victoria = victoria_factory()  # its own: the test restarts it
     _write(victoria, LINES)
     _write(victoria, LINES[:1])  # a retry after a lost acknowledgement
 

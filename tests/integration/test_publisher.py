@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -23,24 +21,13 @@ from tests.unit.test_simulator import HOUR, MIN, NS, REGISTRY_YAML, TUESDAY_9
 pytestmark = pytest.mark.integration
 
 
-# The unit tests' registry. Importing their fixtures instead would make each test's
-# parameter shadow an import (ruff F811).
+# The simulator tests' registry, not conftest's. Importing their fixture instead would make
+# each test's parameter shadow an import (ruff F811). The ``broker`` fixture's config lifts
+# Mosquitto's queue limits, so a counting subscriber that lags the publisher is queued for,
+# not dropped.
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return parse_registry(REGISTRY_YAML, "test-registry")
-
-
-@pytest.fixture(scope="module")
-def topics() -> TopicScheme:
-    return TopicScheme()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    # Its config lifts Mosquitto's queue limits, so a counting subscriber that lags the
-    # publisher is queued for, not dropped.
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
 
 
 class _Counter:

@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from devices.partition import site_owner
 from stadtpuls.broker import MosquittoBroker
 from tests.support.loadgen import reading
+from tests.support.processes import ServiceFactory
 from tests.support.service import ServiceProcess
 from tests.support.victoria import VictoriaMetrics
 from tests.support.waiting import wait_until
@@ -42,43 +42,32 @@ def registry_yaml() -> str:
 
 
 @pytest.fixture
-def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
-    with VictoriaMetrics(tmp_path / "vm") as vm:
-        yield vm
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
-
-
-@pytest.fixture
 def workers(
-    tmp_path: Path, broker: MosquittoBroker, victoria: VictoriaMetrics
-) -> Iterator[list[ServiceProcess]]:
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    victoria: VictoriaMetrics,
+    service_factory: ServiceFactory,
+) -> list[ServiceProcess]:
+    """Started; the ``processes`` fixture stops them."""
     registry = tmp_path / "registry.yaml"
     registry.write_text(registry_yaml())
-    procs = []
-    for index in range(WORKERS):
-        proc = ServiceProcess(
-            tmp_path / f"worker-{index}",
+    procs = [
+        service_factory(
             broker.port,
+            name=f"worker-{index}",
+            start=False,
+            env={"STADTPULS_INFLUXDB__TOKEN": "test-token-not-a-placeholder"},
             registry=str(registry),
             store={"backend": "influxdb"},
             influxdb={"url": victoria.url, "org": "city", "bucket": "sensors", "chunk_size": 2000},
             worker={"index": index, "count": WORKERS},
         )
-        proc.extra_env["STADTPULS_INFLUXDB__TOKEN"] = "test-token-not-a-placeholder"
-        procs.append(proc)
-    try:
-        # Side by side: each takes seconds to import its dependencies.
-        with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(ServiceProcess.start, procs))
-        yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
+        for index in range(WORKERS)
+    ]
+    # Side by side: each takes seconds to import its dependencies.
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(ServiceProcess.start, procs))
+    return procs
 
 
 def start_load(tmp_path: Path, port: int) -> tuple[subprocess.Popen[bytes], Path, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,27 +20,17 @@ import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from dashboards.broker_acl import SERVICE_ACCOUNT, broker_auth, derive_password, write_broker_auth
-from devices.topics import TopicScheme
+from dashboards.broker_acl import SERVICE_ACCOUNT, derive_password
+from devices.registry import Registry
 from stadtpuls.broker import MosquittoBroker, free_port
 from stadtpuls.cli import main
-from tests.registry_fixture import test_registry
-from tests.support.service import ServiceProcess
+from tests.support.processes import BrokerFactory, ServiceFactory, broker_auth_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 MASTER = "master-" + secrets.token_hex(16)
 DEVICE = "s1/room-1"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    auth = broker_auth(test_registry(), TopicScheme(), MASTER)
-    passwd, acl = write_broker_auth(auth, tmp_path / "auth")
-    extra = f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
-    with MosquittoBroker(tmp_path / "broker", extra_config=extra) as b:
-        yield b
 
 
 def the_secrets() -> dict[str, str]:
@@ -69,12 +58,19 @@ def publish_co2_alarm(broker: MosquittoBroker) -> None:
     client.loop_stop()
 
 
-def test_no_secret_in_logs_metrics_or_check_config(tmp_path: Path, broker: MosquittoBroker) -> None:
+def test_no_secret_in_logs_metrics_or_check_config(
+    tmp_path: Path,
+    registry: Registry,
+    broker_factory: BrokerFactory,
+    service_factory: ServiceFactory,
+) -> None:
+    broker = broker_factory(extra_config=broker_auth_config(registry, MASTER, tmp_path / "auth"))
     values = the_secrets()
     admin = values["STADTPULS_HTTP__ADMIN_TOKEN"]
-    service = ServiceProcess(
-        tmp_path / "svc",
+    service = service_factory(
         broker.port,
+        name="svc",
+        env={k: v for k, v in values.items() if k.startswith("STADTPULS_")},
         log_level="DEBUG",
         mqtt={"username": SERVICE_ACCOUNT},
         store={"backend": "influxdb"},
@@ -92,8 +88,6 @@ def test_no_secret_in_logs_metrics_or_check_config(tmp_path: Path, broker: Mosqu
             ],
         },
     )
-    service.extra_env.update({k: v for k, v in values.items() if k.startswith("STADTPULS_")})
-    service.start()
     try:
         publish_co2_alarm(broker)
         auth = {"Authorization": f"Bearer {admin}"}

@@ -20,7 +20,7 @@ from export.tokens import TokenStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from stadtpuls.web import HttpServer, build_app
-from tests.registry_fixture import test_registry
+from tests.support.registry import sample_registry
 from tests.unit.test_export_api import DAY, T0, Clock, fill_store
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """An HTTP server with the export routes over a filled store; (base URL, token)."""
-    registry = test_registry()
+    registry = sample_registry()
     store = SqliteStore(SqliteSettings(tmp_path / "stadtpuls.db"), registry.series)
     fill_store(store, registry)
     tokens = TokenStore(tmp_path / "tokens.sqlite")

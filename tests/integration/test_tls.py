@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from stadtpuls.broker import find_mosquitto
+from tests.support.processes import Processes, ServiceFactory
 from tests.support.service import ServiceProcess
 from tests.support.tls import (
     CertKey,
@@ -46,9 +46,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[TlsMosquitto]:
-    with TlsMosquitto(tmp_path_factory.mktemp("tls-broker"), pki) as b:
-        yield b
+def broker(module_processes: Processes, pki: Pki) -> TlsMosquitto:
+    """Instead of conftest's plain broker: TLS only, one for the module."""
+    return module_processes.start(TlsMosquitto(module_processes.workdir("tls-broker"), pki))
 
 
 def tls_settings(ca: Path, client: CertKey) -> dict[str, str]:
@@ -69,28 +69,28 @@ def stored_strain(db: Path) -> list[float]:
 
 
 def test_readings_published_over_tls_are_stored(
-    tmp_path: Path, pki: Pki, broker: TlsMosquitto
+    pki: Pki, broker: TlsMosquitto, service_factory: ServiceFactory
 ) -> None:
-    service = ServiceProcess(
-        tmp_path / "svc", broker.port, mqtt=tls_settings(pki.ca.cert, pki.client("stadtpuls"))
+    service = service_factory(
+        broker.port,
+        name="svc",
+        start=False,
+        mqtt=tls_settings(pki.ca.cert, pki.client("stadtpuls")),
     )
     use_url(service, f"mqtts://127.0.0.1:{broker.port}")
     service.start()  # returns once /readyz says the broker connection is up
-    try:
-        publisher, outcome = try_connect(broker.port, pki.ca.cert, pki.client("publisher"))
-        assert publisher is not None, outcome
-        now = time.time()
-        for i in range(3):
-            record = {"bn": "sg1/", "bt": now - 10 + i, "n": "g1/strain", "v": 100.0 + i}
-            publisher.publish(TOPIC, json.dumps([record]), qos=1).wait_for_publish(10)
-        publisher.disconnect()
-        publisher.loop_stop()
-        wait_until(lambda: len(stored_strain(service.db)) == 3, 15, "3 readings stored")
-        assert stored_strain(service.db) == [100.0, 101.0, 102.0]
-        # The broker took the service's identity from its certificate, not from a password.
-        assert "as test-ingest (p5, c0, k30, u'stadtpuls')" in broker.log_tail(200)
-    finally:
-        service.stop()
+    publisher, outcome = try_connect(broker.port, pki.ca.cert, pki.client("publisher"))
+    assert publisher is not None, outcome
+    now = time.time()
+    for i in range(3):
+        record = {"bn": "sg1/", "bt": now - 10 + i, "n": "g1/strain", "v": 100.0 + i}
+        publisher.publish(TOPIC, json.dumps([record]), qos=1).wait_for_publish(10)
+    publisher.disconnect()
+    publisher.loop_stop()
+    wait_until(lambda: len(stored_strain(service.db)) == 3, 15, "3 readings stored")
+    assert stored_strain(service.db) == [100.0, 101.0, 102.0]
+    # The broker took the service's identity from its certificate, not from a password.
+    assert "as test-ingest (p5, c0, k30, u'stadtpuls')" in broker.log_tail(200)
 
 
 @pytest.mark.parametrize("certificate", ["none", "from another CA"])
@@ -113,23 +113,19 @@ def test_broker_refuses_a_client_without_a_certificate_it_trusts(
 
 
 def test_service_refuses_a_broker_its_ca_did_not_sign_and_says_so(
-    tmp_path: Path, pki: Pki, broker: TlsMosquitto
+    pki: Pki, broker: TlsMosquitto, processes: Processes
 ) -> None:
-    service = ServingService(
-        tmp_path / "svc",
-        broker.port,
-        mqtt=tls_settings(pki.other_ca.cert, pki.client("stadtpuls")),
-    )
-    service.start()
-    try:
-        expected = f"cannot connect to the broker at 127.0.0.1:{broker.port} over TLS"
-        wait_until(
-            lambda: expected in service.output_path.read_text(), 10, "the refusal in the log"
+    service = processes.start(
+        ServingService(
+            processes.workdir("svc"),
+            broker.port,
+            mqtt=tls_settings(pki.other_ca.cert, pki.client("stadtpuls")),
         )
-        line = next(ln for ln in service.output_path.read_text().splitlines() if expected in ln)
-        assert "CERTIFICATE_VERIFY_FAILED" in line
-        answer = httpx.get(f"{service.url}/readyz", timeout=5)
-        assert answer.status_code == 503
-        assert answer.json()["checks"]["broker_connected"] is False
-    finally:
-        service.stop()
+    )
+    expected = f"cannot connect to the broker at 127.0.0.1:{broker.port} over TLS"
+    wait_until(lambda: expected in service.output_path.read_text(), 10, "the refusal in the log")
+    line = next(ln for ln in service.output_path.read_text().splitlines() if expected in ln)
+    assert "CERTIFICATE_VERIFY_FAILED" in line
+    answer = httpx.get(f"{service.url}/readyz", timeout=5)
+    assert answer.status_code == 503
+    assert answer.json()["checks"]["broker_connected"] is False

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from stadtpuls.broker import free_port
 from stadtpuls.processes import ServerProcess
-from tests.registry_fixture import REGISTRY_YAML
+from tests.support.config import write_config
+from tests.support.registry import REGISTRY_YAML
 
 
 class ServiceProcess(ServerProcess):
@@ -21,8 +21,6 @@ class ServiceProcess(ServerProcess):
 
     def __init__(self, workdir: Path, broker_port: int, **overrides: Any) -> None:
         super().__init__(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "registry.yaml").write_text(REGISTRY_YAML)
         self.http_port = free_port()
         config: dict[str, Any] = {
             "registry": "registry.yaml",
@@ -37,8 +35,7 @@ class ServiceProcess(ServerProcess):
                 config.setdefault(key, {}).update(value)
             else:
                 config[key] = value
-        self.config = workdir / "stadtpuls.yaml"
-        self.config.write_text(yaml.safe_dump(config))
+        self.config = write_config(workdir, config, registry_yaml=REGISTRY_YAML)
         self.db = workdir / "data" / "stadtpuls.db"
 
     @property

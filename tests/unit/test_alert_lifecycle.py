@@ -21,8 +21,8 @@ from alerts.model import Event, Severity, State
 from alerts.state import AlertStore
 from devices.registry import Registry
 from ingest.batch import AnomalyFlag, ReadingBatch
-from tests.registry_fixture import test_registry
 from tests.support.alerting import Clock, Sink
+from tests.support.registry import sample_registry
 
 MIN = 60 * 10**9
 DAY0 = datetime(2026, 11, 23, tzinfo=UTC)  # a Monday, midnight
@@ -36,7 +36,7 @@ LESSONS = ((8, 1500.0), (9, 2600.0), (10, 900.0), (11, 2300.0))
 
 class Rig:
     def __init__(self, tmp: Path, **settings: Any) -> None:
-        self.registry: Registry = test_registry()
+        self.registry: Registry = sample_registry()
         base: dict[str, Any] = {"silence": {"enabled": False}}
         base.update(settings)
         self.config = AlertsConfig.model_validate(base)

@@ -10,19 +10,15 @@ import pytest
 from alerts.channels import ChannelContext, ServiceBroker
 from alerts.channels.webhook import WebhookChannel, WebhookChannelModel
 from stadtpuls.settings import ConfigError, load_settings
+from tests.support.config import ConfigWriter
 
 
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "stadtpuls.yaml"
-    path.write_text(text)
-    return path
-
-
-def test_channels_with_secret_files_relative_to_the_settings(tmp_path: Path) -> None:
+def test_channels_with_secret_files_relative_to_the_settings(
+    tmp_path: Path, config_file: ConfigWriter
+) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "hook").write_text("a-real-signing-key-41\n")
-    path = _write(
-        tmp_path,
+    path = config_file(
         """
 alerts:
   channels:
@@ -51,15 +47,16 @@ alerts:
         ("{name: m, type: email, host: smtp, sender: a@b.c, recipients: []}", "recipients"),
     ],
 )
-def test_bad_channels_are_refused_with_a_reason(tmp_path: Path, channel: str, message: str) -> None:
-    path = _write(tmp_path, f"alerts:\n  channels:\n    - {channel}\n")
+def test_bad_channels_are_refused_with_a_reason(
+    config_file: ConfigWriter, channel: str, message: str
+) -> None:
+    path = config_file(f"alerts:\n  channels:\n    - {channel}\n")
     with pytest.raises(ConfigError, match=message):
         load_settings(path)
 
 
-def test_channel_names_must_be_unique(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path,
+def test_channel_names_must_be_unique(config_file: ConfigWriter) -> None:
+    path = config_file(
         "alerts:\n  channels:\n    - {name: a, type: mqtt}\n    - {name: a, type: mqtt}\n",
     )
     with pytest.raises(ConfigError, match="unique"):

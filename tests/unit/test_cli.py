@@ -10,10 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from devices.codecs import DecodeLimits, Decoder
+from devices.registry import Registry
 from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
 from ingest.batch import InboundMessage
@@ -23,17 +23,19 @@ from ingest.sources import ListSource
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from stadtpuls.cli import main
-from tests.registry_fixture import REGISTRY_YAML, test_registry
+from tests.support.config import ConfigWriter
+from tests.support.registry import REGISTRY_YAML
 
 T0 = 1_790_000_000  # 2026-09-21T14:13:20Z
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    (tmp_path / "registry.yaml").write_text(REGISTRY_YAML)
-    cfg = tmp_path / "stadtpuls.yaml"
-    cfg.write_text(yaml.safe_dump({"registry": "registry.yaml", "data_dir": "data"}))
-    registry = test_registry()
+def config(tmp_path: Path, config_file: ConfigWriter, registry: Registry) -> Path:
+    # The SQLite store: the commands read through readings(), which for InfluxStore is
+    # Flux, and VictoriaMetrics (the tests' InfluxDB) has no Flux.
+    cfg = config_file(
+        {"registry": "registry.yaml", "data_dir": "data"}, registry_yaml=REGISTRY_YAML
+    )
     store = SqliteStore(SqliteSettings(tmp_path / "data" / "stadtpuls.db"), registry.series)
     messages = [
         InboundMessage(
@@ -133,10 +135,12 @@ def test_quarantine_list_show_replay(config: Path) -> None:
     assert "0 stored, 2 still rejected" in replayed
 
 
-def test_check_config_reports_registry_errors_with_line(tmp_path: Path) -> None:
-    (tmp_path / "registry.yaml").write_text(REGISTRY_YAML.replace("[strain]", "[strian]"))
-    cfg = tmp_path / "stadtpuls.yaml"
-    cfg.write_text("registry: registry.yaml\n")
+def test_check_config_reports_registry_errors_with_line(
+    tmp_path: Path, config_file: ConfigWriter
+) -> None:
+    cfg = config_file(
+        "registry: registry.yaml\n", registry_yaml=REGISTRY_YAML.replace("[strain]", "[strian]")
+    )
     result = CliRunner().invoke(main, ["check-config", "--config", str(cfg)])
     assert result.exit_code == 2
     assert f"{tmp_path / 'registry.yaml'}:10: sites.b1.devices.sg1.channels.g2.0:" in result.output

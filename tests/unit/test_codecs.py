@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from devices.codecs import DecodeLimits, Decoder, ReadingRejected, RejectReason
+from devices.registry import Registry
 from devices.topics import TopicScheme
-from tests.registry_fixture import test_registry
 
 NOW_S = 1_780_000_000.0
 NOW_NS = int(NOW_S * 1e9)
@@ -18,8 +18,8 @@ SCHOOL = "stadtpuls/school/s1/room-1"
 
 
 @pytest.fixture
-def decoder() -> Decoder:
-    return Decoder(test_registry(), TopicScheme("stadtpuls"), DecodeLimits(max_payload_bytes=4096))
+def decoder(registry: Registry) -> Decoder:
+    return Decoder(registry, TopicScheme("stadtpuls"), DecodeLimits(max_payload_bytes=4096))
 
 
 def series_names(decoder: Decoder, idx: object) -> list[str]:

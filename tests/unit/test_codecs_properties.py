@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from devices.codecs import Decoded, DecodeLimits, Decoder, ReadingRejected, RejectReason
 from devices.topics import TopicRejected, TopicScheme
-from tests.registry_fixture import test_registry
+from tests.support.registry import sample_registry
 
 NOW_S = 1_780_000_000
 NOW_NS = NOW_S * 10**9
-DECODER = Decoder(test_registry(), TopicScheme(), DecodeLimits(max_payload_bytes=8192))
+DECODER = Decoder(sample_registry(), TopicScheme(), DecodeLimits(max_payload_bytes=8192))
 BRIDGE = "stadtpuls/bridge/b1/sg1"
 SG1 = DECODER.registry.sites["b1"].devices["sg1"].series
 # Wall-clock deadlines fail at random on a loaded machine; the suite's timeout still applies.

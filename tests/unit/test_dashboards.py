@@ -16,7 +16,7 @@ from dashboards.grafana import FOLDERS, GRAFANA_UID, GeneratedDashboard, build_d
 from dashboards.provisioning import DatasourceTarget, provisioning_files, write_build
 from devices.registry import Registry, load_registry, parse_registry
 from devices.vocabulary import SiteKind
-from tests.registry_fixture import REGISTRY_YAML
+from tests.support.registry import REGISTRY_YAML
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "stadtpuls" / "examples" / "registry.yaml"
 BUCKET = "city-bucket"

@@ -20,7 +20,6 @@ from export.tokens import TokenStore
 from ingest.batch import ReadingBatch
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
-from tests.registry_fixture import test_registry
 
 NS = 1_000_000_000
 T0 = int(datetime(2026, 11, 23, tzinfo=UTC).timestamp()) * NS  # a Monday, winter time
@@ -57,13 +56,10 @@ def fill_store(store: SqliteStore, registry: Registry, days: int = 2) -> None:
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return test_registry()
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[SqliteStore]:
-    """Shared by the module's tests, which only read it."""
+    """Shared by the module's tests, which only read it. SQLite only, not conftest's store
+    on both: the API reads through the store's readings(), which for InfluxStore is Flux,
+    and VictoriaMetrics (the tests' InfluxDB) has no Flux."""
     path = tmp_path_factory.mktemp("api") / "stadtpuls.db"
     s = SqliteStore(SqliteSettings(path, synchronous="OFF"), registry.series)
     fill_store(s, registry)

@@ -9,25 +9,27 @@ from pathlib import Path
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
-import yaml
 from click.testing import CliRunner
 
+from devices.registry import Registry
 from export.tokens import TokenStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from stadtpuls.cli import main
-from tests.registry_fixture import REGISTRY_YAML, test_registry
+from tests.support.config import ConfigWriter
+from tests.support.registry import REGISTRY_YAML
 from tests.unit.test_export_api import fill_store
 
 NS = 1_000_000_000
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    (tmp_path / "registry.yaml").write_text(REGISTRY_YAML)
-    cfg = tmp_path / "stadtpuls.yaml"
-    cfg.write_text(yaml.safe_dump({"registry": "registry.yaml", "data_dir": "data"}))
-    registry = test_registry()
+def config(tmp_path: Path, config_file: ConfigWriter, registry: Registry) -> Path:
+    # The SQLite store: the export reads through readings(), which for InfluxStore is Flux,
+    # and VictoriaMetrics (the tests' InfluxDB) has no Flux.
+    cfg = config_file(
+        {"registry": "registry.yaml", "data_dir": "data"}, registry_yaml=REGISTRY_YAML
+    )
     store = SqliteStore(SqliteSettings(tmp_path / "data" / "stadtpuls.db"), registry.series)
     fill_store(store, registry)
     store.close()

@@ -19,7 +19,7 @@ from export.stream import export_stream
 from ingest.stores.base import ReadingQuery
 from ingest.stores.flux import FluxSource, flux_query, parse_rfc3339_ns
 from ingest.stores.influx import InfluxSettings
-from tests.registry_fixture import test_registry
+from tests.support.registry import sample_registry
 
 NS = 1_000_000_000
 T0 = 1_795_392_000 * NS  # 2026-11-23T00:00:00Z
@@ -66,7 +66,7 @@ def influx() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 def source(url: str) -> FluxSource:
     settings = InfluxSettings(url=url, org="stadtpuls", bucket="city-bucket", token="t0ken-abc")
-    return FluxSource(settings, test_registry().series)
+    return FluxSource(settings, sample_registry().series)
 
 
 def extern_params(body: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def test_export_from_influx_in_day_chunks(influx: tuple[str, list[dict[str, Any]
     src = source(url)
     request = ExportRequest("s1", T0, T0 + 2 * 86_400 * NS, resolution=Resolution.HOUR1)
     try:
-        text = b"".join(export_stream(src, test_registry(), request, ExportFormat.CSV)).decode()
+        text = b"".join(export_stream(src, sample_registry(), request, ExportFormat.CSV)).decode()
     finally:
         src.close()
     assert len(bodies) == 2  # one query per day: memory follows the chunk

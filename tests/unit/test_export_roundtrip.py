@@ -1,7 +1,11 @@
 """Round trip: a simulated school week goes through the real pipeline into SQLite, and comes
 out of the export with the same values and timestamps in every format; German Excel's CSV
 reads with pandas, Parquet with pyarrow and proper types. The week crosses the change to
-summer time, so local times and the 23-hour day are checked on real data too."""
+summer time, so local times and the 23-hour day are checked on real data too.
+
+SQLite only, not conftest's store on both: the export reads through the store's
+``readings()``, which for ``InfluxStore`` is Flux, and VictoriaMetrics (the tests' InfluxDB)
+has no Flux; the Flux it would send is checked in ``test_export_flux.py``."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from ingest.pipeline import Pipeline
 from ingest.stores.base import ReadingQuery, StoredReading
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
-from tests.registry_fixture import REGISTRY_YAML
+from tests.support.registry import REGISTRY_YAML
 
 NS = 1_000_000_000
 MIN = 60 * NS

@@ -1,4 +1,6 @@
-"""The pipeline over a list source and a real SQLite store: stored or quarantined, once."""
+"""The pipeline over a list source and a real store, once as ``SqliteStore`` and once as
+``InfluxStore`` into VictoriaMetrics (the ``store`` fixture): stored or quarantined, once.
+What reached the final database is read back through ``store_rig``."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -17,17 +18,19 @@ from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
 from ingest.batch import AnomalyFlag, InboundMessage, ReadingBatch, Receipt, Rejection
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import BatchSettings, IngestLoop, Pipeline, RetrySettings
+from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
 from ingest.quarantine import Quarantine
+from ingest.retry import Backoff
 from ingest.sources import ListSource
-from ingest.stores.base import ReadingQuery, StoredReading
-from ingest.stores.local import SqliteSettings
-from ingest.stores.sqlite import SqliteStore
-from tests.registry_fixture import REGISTRY_YAML, test_registry
+from ingest.stores.base import ReadingQuery, Store, StoredReading
+from tests.support.registry import REGISTRY_YAML, sample_registry
+from tests.support.stores import LocalStore, StoreRig
 from tests.support.waiting import wait_until
 
 NOW_S = 1_780_000_000
 NOW_NS = NOW_S * 10**9
+EVERYTHING = (0, NOW_NS * 2)  # a query's range that holds every reading of these tests
+FAST_RETRY = Backoff(initial=timedelta(milliseconds=1), maximum=timedelta(milliseconds=5))
 
 
 def msg(topic: str, payload: object, offset_s: float = 0.0) -> InboundMessage:
@@ -39,13 +42,8 @@ def strain(t: float, v: float) -> bytes:
     return json.dumps([{"bn": "sg1/", "bt": t, "n": "g1/strain", "v": v}]).encode()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(SqliteSettings(tmp_path / "db.sqlite"), test_registry().series)
-
-
-def run(store: SqliteStore, messages: list[InboundMessage], batch: int = 3) -> ListSource:
-    registry = test_registry()
+def run(store: LocalStore, messages: list[InboundMessage], batch: int = 3) -> ListSource:
+    registry = sample_registry()
     pipeline = Pipeline(
         Decoder(registry, TopicScheme(), DecodeLimits()),
         LimitCheck(registry.series),
@@ -63,7 +61,9 @@ def run(store: SqliteStore, messages: list[InboundMessage], batch: int = 3) -> L
     return source
 
 
-def test_good_readings_stored_bad_quarantined_all_acked_in_order(store: SqliteStore) -> None:
+def test_good_readings_stored_bad_quarantined_all_acked_in_order(
+    store: LocalStore, store_rig: StoreRig
+) -> None:
     messages = [
         msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 3, 10.0)),
         msg("stadtpuls/bridge/b1/sg1", b'[{"n":"g1/strain","v":NaN}]'),
@@ -73,11 +73,11 @@ def test_good_readings_stored_bad_quarantined_all_acked_in_order(store: SqliteSt
     ]
     source = run(store, messages, batch=2)
     assert source.acked == messages
-    rows = list(store.readings(ReadingQuery("b1", 0, NOW_NS * 2)))
+    rows = store_rig.stored(ReadingQuery("b1", *EVERYTHING))
     assert [(r.value, r.measurement) for r in rows] == [(10.0, "strain"), (950.0, "strain")]
     assert rows[1].anomaly == AnomalyFlag.LIMIT  # 950 > the gauge's design limit of 900
     assert rows[1].score == pytest.approx(950 / 900, rel=1e-4)
-    assert [r.value for r in store.readings(ReadingQuery("s1", 0, NOW_NS * 2))] == [812.0]
+    assert [r.value for r in store_rig.stored(ReadingQuery("s1", *EVERYTHING))] == [812.0]
     q = Quarantine(store.db.path)
     assert q.counts() == {"not_finite": 1, "unknown_device": 1}
     entry = q.list(reason="unknown_device")[0]
@@ -86,21 +86,21 @@ def test_good_readings_stored_bad_quarantined_all_acked_in_order(store: SqliteSt
     assert entry.received_ns == messages[4].received_ns
 
 
-def test_redelivered_message_is_stored_once(store: SqliteStore) -> None:
+def test_redelivered_message_is_stored_once(store: LocalStore, store_rig: StoreRig) -> None:
     first = msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 3, 10.0))
     again = msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 3, 10.0), offset_s=5)
     run(store, [first, first, again])
-    assert store.count() == 1
+    assert store_rig.count() == 1
 
 
-def test_replay_after_registry_fix(tmp_path: Path, store: SqliteStore) -> None:
+def test_replay_after_registry_fix(store: LocalStore, store_rig: StoreRig) -> None:
     """A room added to the registry after its sensor started sending: replay stores it."""
     early = msg("stadtpuls/school/s1/room-2", [{"n": "co2", "v": 640, "t": NOW_S - 1}])
     run(store, [early])
     q = Quarantine(store.db.path)
     assert q.counts() == {"unknown_device": 1}
     (entry,) = q.list()
-    old = test_registry()
+    old = sample_registry()
     decoder = Decoder(old, TopicScheme(), DecodeLimits())
     still = q.replay(entry, decoder, LimitCheck(old.series), store)
     assert still.reason == "unknown_device"
@@ -110,23 +110,17 @@ def test_replay_after_registry_fix(tmp_path: Path, store: SqliteStore) -> None:
             "      room-1:\n", "      room-2:\n        measurements: [co2]\n      room-1:\n"
         )
     )
-    new_store = SqliteStore(SqliteSettings(store.db.path), fixed.series)
+    new_store = store_rig.open(fixed.series)  # the service restarted with the fixed registry
     decoder = Decoder(fixed, TopicScheme(), DecodeLimits())
     result = q.replay(entry, decoder, LimitCheck(fixed.series), new_store)
     assert (result.reason, result.stored) == (None, 1)
     assert q.counts() == {}
-    rows = list(new_store.readings(ReadingQuery("s1", 0, NOW_NS * 2, device="room-2")))
+    rows = store_rig.stored(ReadingQuery("s1", *EVERYTHING, device="room-2"))
     assert [(r.value, r.ts_ns) for r in rows] == [(640.0, NOW_NS - 10**9)]
 
 
-def test_store_is_private(store: SqliteStore) -> None:
-    assert store.db.path.stat().st_mode & 0o777 == 0o600
-    conn = sqlite3.connect(store.db.path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
 def test_redelivered_message_without_device_time_keeps_its_receipt_time(
-    store: SqliteStore,
+    store: LocalStore, store_rig: StoreRig
 ) -> None:
     """Committed but not acknowledged (the service died in between): the broker redelivers
     with DUP set, and the reading must overwrite itself rather than appear twice."""
@@ -136,17 +130,17 @@ def test_redelivered_message_without_device_time_keeps_its_receipt_time(
     fresh = InboundMessage(first.topic, body, first.received_ns + 60 * 10**9)
     run(store, [first])
     run(store, [redelivered])
-    rows = list(store.readings(ReadingQuery("s1", 0, NOW_NS * 2)))
+    rows = store_rig.stored(ReadingQuery("s1", *EVERYTHING))
     assert [(r.ts_ns, r.value) for r in rows] == [(first.received_ns, 901.0)]
     # Without DUP it is a new message that happens to repeat itself: a new reading.
     run(store, [fresh])
-    assert store.count() == 2
+    assert store_rig.count() == 2
 
 
 class FlakyStore:
     """A store whose first ``failures`` commits raise, as a full or locked disk would."""
 
-    def __init__(self, inner: SqliteStore, failures: int) -> None:
+    def __init__(self, inner: Store, failures: int) -> None:
         self.inner = inner
         self.failures = failures
         self.attempts = 0
@@ -181,8 +175,10 @@ class FlakyStore:
         self.inner.close()
 
 
-def test_failed_commit_is_retried_and_nothing_is_acked_before_it(store: SqliteStore) -> None:
-    registry = test_registry()
+def test_failed_commit_is_retried_and_nothing_is_acked_before_it(
+    store: LocalStore, store_rig: StoreRig
+) -> None:
+    registry = sample_registry()
     flaky = FlakyStore(store, failures=3)
     metrics = IngestMetrics()
     pipeline = Pipeline(
@@ -193,8 +189,7 @@ def test_failed_commit_is_retried_and_nothing_is_acked_before_it(store: SqliteSt
     )
     messages = [msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 10 + i, float(i))) for i in range(5)]
     source = ListSource(messages)
-    fast_retry = RetrySettings(initial=timedelta(milliseconds=1), maximum=timedelta(milliseconds=5))
-    loop = IngestLoop(source, pipeline, BatchSettings(max_messages=10, retry=fast_retry))
+    loop = IngestLoop(source, pipeline, BatchSettings(max_messages=10, retry=FAST_RETRY))
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
@@ -204,13 +199,15 @@ def test_failed_commit_is_retried_and_nothing_is_acked_before_it(store: SqliteSt
     assert flaky.attempts == 4
     assert metrics.registry.get_sample_value("stadtpuls_commit_failures_total") == 3
     assert source.acked == messages
-    assert [r.value for r in store.readings(ReadingQuery("b1", 0, NOW_NS * 2))] == [
+    assert [r.value for r in store_rig.stored(ReadingQuery("b1", *EVERYTHING))] == [
         0.0, 1.0, 2.0, 3.0, 4.0,
     ]  # fmt: skip
 
 
-def test_stop_during_a_failing_commit_acknowledges_nothing(store: SqliteStore) -> None:
-    registry = test_registry()
+def test_stop_during_a_failing_commit_acknowledges_nothing(
+    store: LocalStore, store_rig: StoreRig
+) -> None:
+    registry = sample_registry()
     flaky = FlakyStore(store, failures=10**9)
     pipeline = Pipeline(
         Decoder(registry, TopicScheme(), DecodeLimits()),
@@ -219,8 +216,7 @@ def test_stop_during_a_failing_commit_acknowledges_nothing(store: SqliteStore) -
         IngestMetrics(),
     )
     source = ListSource([msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 1, 1.0))])
-    fast_retry = RetrySettings(initial=timedelta(milliseconds=1), maximum=timedelta(milliseconds=5))
-    loop = IngestLoop(source, pipeline, BatchSettings(retry=fast_retry))
+    loop = IngestLoop(source, pipeline, BatchSettings(retry=FAST_RETRY))
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
@@ -229,13 +225,13 @@ def test_stop_during_a_failing_commit_acknowledges_nothing(store: SqliteStore) -
     thread.join(10)
     assert not thread.is_alive()
     assert source.acked == []  # the broker keeps the message and redelivers it
-    assert store.count() == 0
+    assert store_rig.count() == 0
 
 
 class GatedStore(FlakyStore):
     """Holds its first commit until the test opens the gate: a slow disk."""
 
-    def __init__(self, inner: SqliteStore) -> None:
+    def __init__(self, inner: Store) -> None:
         super().__init__(inner, failures=0)
         self.gate = threading.Event()
 
@@ -250,11 +246,11 @@ class GatedStore(FlakyStore):
 
 
 def test_redelivery_during_the_commit_of_its_first_copy_is_stored_once(
-    store: SqliteStore,
+    store: LocalStore, store_rig: StoreRig
 ) -> None:
     """The connection drops while the batch holding a message commits; the broker resends
     the message (DUP) at once. Its receipt time is looked up after that commit ends."""
-    registry = test_registry()
+    registry = sample_registry()
     gated = GatedStore(store)
     decoder = Decoder(registry, TopicScheme(), DecodeLimits())
     pipeline = Pipeline(decoder, LimitCheck(registry.series), gated, IngestMetrics())
@@ -271,5 +267,5 @@ def test_redelivery_during_the_commit_of_its_first_copy_is_stored_once(
     assert source.drained.wait(10)
     stop.set()
     thread.join(10)
-    rows = list(store.readings(ReadingQuery("s1", 0, NOW_NS * 2)))
+    rows = store_rig.stored(ReadingQuery("s1", *EVERYTHING))
     assert [(r.ts_ns, r.value) for r in rows] == [(first.received_ns, 777.0)]

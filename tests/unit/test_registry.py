@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 
 from devices.registry import RegistryError, parse_registry
-from tests.registry_fixture import test_registry
+from tests.support.registry import sample_registry
 
 
 def test_series_and_overrides() -> None:
-    reg = test_registry()
+    reg = sample_registry()
     dev = reg.device("b1", "sg1")
     assert dev is not None
     assert sorted(dev.series) == ["g1/strain", "g1/temperature", "g2/strain"]

@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 
 from stadtpuls.settings import ConfigError, load_settings
+from tests.support.config import ConfigWriter
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "stadtpuls.yaml"
-    path.write_text(text)
-    return path
-
-
-def test_file_values_and_relative_paths(tmp_path: Path) -> None:
-    cfg = write(
-        tmp_path,
+def test_file_values_and_relative_paths(tmp_path: Path, config_file: ConfigWriter) -> None:
+    cfg = config_file(
         "registry: reg.yaml\ndata_dir: data\nmqtt: {host: broker.local, port: 8883}\n"
         "batch: {max_messages: 100, max_wait: 0.25}\n",
     )
@@ -29,16 +23,18 @@ def test_file_values_and_relative_paths(tmp_path: Path) -> None:
     assert s.batch.max_wait == timedelta(milliseconds=250)
 
 
-def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = write(tmp_path, "mqtt: {host: from-file, port: 1884}\n")
+def test_environment_overrides_file(
+    config_file: ConfigWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config_file("mqtt: {host: from-file, port: 1884}\n")
     monkeypatch.setenv("STADTPULS_MQTT__HOST", "from-env")
     s = load_settings(cfg)
     assert (s.mqtt.host, s.mqtt.port) == ("from-env", 1884)
 
 
-def test_secret_from_file_never_in_repr(tmp_path: Path) -> None:
+def test_secret_from_file_never_in_repr(tmp_path: Path, config_file: ConfigWriter) -> None:
     (tmp_path / "pw").write_text("s3cr3t-value\n")
-    s = load_settings(write(tmp_path, "mqtt: {username: svc, password_file: pw}\n"))
+    s = load_settings(config_file("mqtt: {username: svc, password_file: pw}\n"))
     assert s.mqtt.password is not None
     assert s.mqtt.password.get_secret_value() == "s3cr3t-value"
     assert "s3cr3t" not in repr(s)
@@ -47,20 +43,20 @@ def test_secret_from_file_never_in_repr(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("secret", ["", "changeme", "password", "  "])
 def test_placeholder_secret_refuses_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secret: str
+    config_file: ConfigWriter, monkeypatch: pytest.MonkeyPatch, secret: str
 ) -> None:
     monkeypatch.setenv("STADTPULS_MQTT__PASSWORD", secret)
     with pytest.raises(ConfigError, match="placeholder"):
-        load_settings(write(tmp_path, "mqtt: {username: svc}\n"))
+        load_settings(config_file("mqtt: {username: svc}\n"))
 
 
-def test_influx_backend_needs_a_token(tmp_path: Path) -> None:
+def test_influx_backend_needs_a_token(config_file: ConfigWriter) -> None:
     with pytest.raises(ConfigError, match="STADTPULS_INFLUXDB__TOKEN"):
-        load_settings(write(tmp_path, "store: {backend: influxdb}\n"))
+        load_settings(config_file("store: {backend: influxdb}\n"))
 
 
-def test_errors_name_the_file_and_key(tmp_path: Path) -> None:
-    cfg = write(tmp_path, "mqtt: {port: 99999}\nbatch: {max_messages: 0}\ncolour: red\n")
+def test_errors_name_the_file_and_key(config_file: ConfigWriter) -> None:
+    cfg = config_file("mqtt: {port: 99999}\nbatch: {max_messages: 0}\ncolour: red\n")
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     message = str(info.value)
@@ -70,9 +66,9 @@ def test_errors_name_the_file_and_key(tmp_path: Path) -> None:
 
 
 def test_durations_and_protocol_take_what_people_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    config_file: ConfigWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = write(tmp_path, "mqtt: {protocol: 5, session_expiry: 2h}\nbatch: {max_wait: 250ms}\n")
+    cfg = config_file("mqtt: {protocol: 5, session_expiry: 2h}\nbatch: {max_wait: 250ms}\n")
     monkeypatch.setenv("STADTPULS_MQTT__KEEPALIVE", "45")
     s = load_settings(cfg)
     assert s.mqtt.protocol == "5"
@@ -88,6 +84,8 @@ def test_durations_and_protocol_take_what_people_write(
         ("mqtt: {receive_maximum: 100}\nbatch: {max_messages: 500}\n", "receive_maximum"),
     ],
 )
-def test_settings_that_cannot_work_refuse_start(tmp_path: Path, text: str, needle: str) -> None:
+def test_settings_that_cannot_work_refuse_start(
+    config_file: ConfigWriter, text: str, needle: str
+) -> None:
     with pytest.raises(ConfigError, match=needle):
-        load_settings(write(tmp_path, text))
+        load_settings(config_file(text))

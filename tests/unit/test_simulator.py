@@ -91,12 +91,8 @@ MONDAY = _utc_ns(2025, 1, 12, 23)
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
+    """This module's registry (also the publisher's tests'), not conftest's."""
     return parse_registry(REGISTRY_YAML, "test-registry")
-
-
-@pytest.fixture(scope="module")
-def topics() -> TopicScheme:
-    return TopicScheme()
 
 
 def _series(registry: Registry, site: str, device: str, name: str) -> Series:

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from stadtpuls.settings import ConfigError, is_loopback, load_settings
 from stadtpuls.web import build_app
+from tests.support.config import ConfigWriter
 
 TOKEN = "an-admin-token-of-some-length"
 
@@ -115,12 +116,6 @@ def test_admin_routes_must_be_plain_routes() -> None:
 # -- settings ---------------------------------------------------------------------------
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "stadtpuls.yaml"
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True),
@@ -131,22 +126,22 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_beyond_loopback_start_up_needs_an_admin_token(tmp_path: Path) -> None:
+def test_beyond_loopback_start_up_needs_an_admin_token(config_file: ConfigWriter) -> None:
     with pytest.raises(ConfigError, match=r"http: .*http.host 0.0.0.0 .*admin_token"):
-        load_settings(write(tmp_path, "http: {host: 0.0.0.0}\n"))
-    assert load_settings(write(tmp_path, "http: {host: 127.0.0.1}\n")).http.admin_token is None
+        load_settings(config_file("http: {host: 0.0.0.0}\n"))
+    assert load_settings(config_file("http: {host: 127.0.0.1}\n")).http.admin_token is None
 
 
 def test_admin_token_from_file_or_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_file: ConfigWriter
 ) -> None:
     (tmp_path / "admin.token").write_text(TOKEN + "\n")
-    s = load_settings(write(tmp_path, "http: {host: 0.0.0.0, admin_token_file: admin.token}\n"))
+    s = load_settings(config_file("http: {host: 0.0.0.0, admin_token_file: admin.token}\n"))
     assert s.http.admin_token is not None
     assert s.http.admin_token.get_secret_value() == TOKEN
     assert TOKEN not in repr(s)
     monkeypatch.setenv("STADTPULS_HTTP__ADMIN_TOKEN", "from-the-environment-1234")
-    s = load_settings(write(tmp_path, "http: {host: 0.0.0.0}\n"))
+    s = load_settings(config_file("http: {host: 0.0.0.0}\n"))
     assert s.http.admin_token is not None
     assert s.http.admin_token.get_secret_value() == "from-the-environment-1234"
 
@@ -156,11 +151,11 @@ def test_admin_token_from_file_or_environment(
     [("changeme", "placeholder"), ("", "placeholder"), ("short-token", "at least 16")],
 )
 def test_weak_admin_tokens_refuse_start_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str, message: str
+    config_file: ConfigWriter, monkeypatch: pytest.MonkeyPatch, token: str, message: str
 ) -> None:
     monkeypatch.setenv("STADTPULS_HTTP__ADMIN_TOKEN", token)
     with pytest.raises(ConfigError, match=message) as info:
-        load_settings(write(tmp_path, "http: {host: 127.0.0.1}\n"))
+        load_settings(config_file("http: {host: 127.0.0.1}\n"))
     assert token not in str(info.value) or not token
 
 
@@ -174,9 +169,9 @@ def test_weak_admin_tokens_refuse_start_up(
     ],
 )
 def test_mqtt_url_sets_host_port_and_tls(
-    tmp_path: Path, url: str, host: str, port: int, tls: bool
+    config_file: ConfigWriter, url: str, host: str, port: int, tls: bool
 ) -> None:
-    s = load_settings(write(tmp_path, f"mqtt: {{url: '{url}'}}\n"))
+    s = load_settings(config_file(f"mqtt: {{url: '{url}'}}\n"))
     assert (s.mqtt.host, s.mqtt.port, s.mqtt.tls) == (host, port, tls)
 
 
@@ -194,16 +189,18 @@ def test_mqtt_url_sets_host_port_and_tls(
         ("{tls_key: ca.crt}", "tls_key is set without mqtt.tls_cert"),
     ],
 )
-def test_mqtt_url_and_tls_mistakes_refuse_start_up(tmp_path: Path, mqtt: str, message: str) -> None:
+def test_mqtt_url_and_tls_mistakes_refuse_start_up(
+    tmp_path: Path, mqtt: str, message: str, config_file: ConfigWriter
+) -> None:
     (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match=message) as info:
-        load_settings(write(tmp_path, f"mqtt: {mqtt}\n"))
+        load_settings(config_file(f"mqtt: {mqtt}\n"))
     assert "hunter2" not in str(info.value)
 
 
-def test_any_tls_file_turns_tls_on(tmp_path: Path) -> None:
+def test_any_tls_file_turns_tls_on(tmp_path: Path, config_file: ConfigWriter) -> None:
     (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
-    s = load_settings(write(tmp_path, "mqtt: {port: 8883, tls_ca: ca.crt}\n"))
+    s = load_settings(config_file("mqtt: {port: 8883, tls_ca: ca.crt}\n"))
     assert s.mqtt.tls
     assert s.mqtt.tls_ca == tmp_path / "ca.crt"
-    assert not load_settings(write(tmp_path, "mqtt: {port: 1883}\n")).mqtt.tls
+    assert not load_settings(config_file("mqtt: {port: 1883}\n")).mqtt.tls

@@ -12,7 +12,7 @@ from devices.registry import parse_registry
 from devices.topics import TopicScheme
 from stadtpuls.settings import ConfigError, load_settings
 from stadtpuls.workers import worker_share
-from tests.registry_fixture import test_registry
+from tests.support.registry import sample_registry
 
 SITES = [f"site-{n}" for n in range(300)]
 
@@ -44,7 +44,7 @@ def test_one_worker_owns_everything() -> None:
 
 
 def test_worker_index_and_count_are_checked() -> None:
-    registry = test_registry()
+    registry = sample_registry()
     with pytest.raises(ValueError, match="outside"):
         owned_sites(registry, 3, 3)
     with pytest.raises(ValueError, match="at least 1"):
@@ -52,7 +52,7 @@ def test_worker_index_and_count_are_checked() -> None:
 
 
 def test_restricted_registry_renumbers_series_consistently() -> None:
-    full = test_registry()
+    full = sample_registry()
     share = restrict(full, ["s1", "s2"])
     assert list(share.sites) == ["s1", "s2"]
     assert [s.index for s in share.series] == list(range(len(share.series)))
@@ -76,7 +76,7 @@ def test_site_subscriptions_cover_every_kind_of_each_site() -> None:
 
 
 def test_worker_share_of_settings(tmp_path: Path) -> None:
-    registry = test_registry()
+    registry = sample_registry()
     single = worker_share(load_settings(None, data_dir=tmp_path), registry)
     assert single.registry is registry
     assert single.subscriptions == TopicScheme().subscriptions()
