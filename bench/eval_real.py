@@ -80,6 +80,8 @@ STEP_BITS: Final = int(AnomalyFlag.STEP | AnomalyFlag.SHIFT)
 RATE_BIT: Final = int(AnomalyFlag.RATE)
 GAP_BIT: Final = int(AnomalyFlag.GAP)
 SETTLEMENT_BITS: Final = int(AnomalyFlag.STEP | AnomalyFlag.SHIFT | AnomalyFlag.DRIFT)
+# What a sensor glitch may be marked as.
+FAULT_BITS: Final = int(AnomalyFlag.SPIKE | AnomalyFlag.STEP | AnomalyFlag.RATE)
 NAMES: Final = [d for d in DETECTORS if d != "limit"]
 
 # Injected settlements: amplitudes (microstrain) and ramp times.
@@ -187,7 +189,11 @@ def explained(
     hit = np.zeros(len(series), dtype=bool)
     for w in windows:
         mine = series == w.series
-        why = {"recording_gap": GAP_BIT, "settlement": SETTLEMENT_BITS}.get(w.kind, 0)
+        why = {
+            "recording_gap": GAP_BIT,
+            "settlement": SETTLEMENT_BITS,
+            "implausible": FAULT_BITS,
+        }.get(w.kind, 0)
         if bit & why:
             hit |= mine & (first <= w.end_ns) & (last >= w.start_ns)
     return hit

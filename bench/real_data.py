@@ -51,14 +51,17 @@ MIN: Final = 60 * NS
 DATA_DIR: Final = Path(__file__).resolve().parent / "data"
 ENV_VAR: Final = "STADTPULS_REAL_DATA"
 
-WindowKind = Literal["recording_gap", "settlement", "load_test"]
+WindowKind = Literal["recording_gap", "settlement", "load_test", "implausible"]
 
 
 @dataclass(frozen=True)
 class KnownWindow:
     """A stretch of one series where the data do something on purpose or by publication:
     flags there are explained, not false. ``recording_gap`` is the silence between two
-    published files (it ends at the first reading after it)."""
+    published files (it ends at the first reading after it); ``implausible`` a reading the
+    physics rules out by the data set's own ground truth (CO2 rising fast in a room that
+    has been empty for half an hour), which is a sensor fault the publishers did not
+    label."""
 
     series: int
     kind: WindowKind
@@ -231,6 +234,8 @@ def load_occupancy(folder: Path | None = None) -> RealData:
         values.append(v)
         occ.append(occupied)
     windows = _gap_windows(ts, len(OCCUPANCY_COLUMNS), 10 * MIN, "between published files")
+    co2 = next(i for i, c in enumerate(OCCUPANCY_COLUMNS) if c[1] == "co2")
+    windows += _implausible_co2(ts, values[co2], occupied, co2)
     return RealData(
         "occupancy",
         "UCI Occupancy Detection: office in Mons, Feb 2015, 1/min",
@@ -240,6 +245,29 @@ def load_occupancy(folder: Path | None = None) -> RealData:
         np.concatenate(values),
         windows,
         np.concatenate(occ),
+    )
+
+
+# An empty office has no CO2 source: ventilation and leaks only bring it toward outdoor
+# air. A rise of more than this in one minute after half an hour without anyone in the room
+# is the sensor's, and its recovery takes some minutes.
+_EMPTY_RISE_PPM = 100.0
+_EMPTY_FOR = 30  # minutes (readings) unoccupied before
+_GLITCH_BEFORE, _GLITCH_AFTER = 5 * MIN, 15 * MIN
+
+
+def _implausible_co2(ts: I64, co2: F64, occupied: Bool, series: int) -> tuple[KnownWindow, ...]:
+    """``implausible`` windows around CO2 rises an empty room cannot make."""
+    busy = np.convolve(occupied.astype(np.int64), np.ones(_EMPTY_FOR + 1, np.int64))[: len(ts)]
+    rise = np.zeros(len(ts))
+    rise[1:] = np.where(np.diff(ts) <= 2 * MIN, np.diff(co2), 0.0)
+    at = np.flatnonzero((busy == 0) & (rise > _EMPTY_RISE_PPM))
+    note = f"CO2 up more than {_EMPTY_RISE_PPM:.0f} ppm in a minute in a room empty for 30 min"
+    return tuple(
+        KnownWindow(
+            series, "implausible", int(ts[i]) - _GLITCH_BEFORE, int(ts[i]) + _GLITCH_AFTER, note
+        )
+        for i in at.tolist()
     )
 
 

@@ -137,3 +137,27 @@ def test_excerpt_parses(name: str) -> None:
         assert len(data) == 4 * 20560
     elif name == "munich_100hz":
         assert int(np.sum(data.series == 0)) == 72000
+
+
+def test_co2_rising_fast_in_an_empty_room_is_marked_implausible(tmp_path: Path) -> None:
+    """The office data's own occupancy says when nobody was there: a CO2 jump of 300 ppm in
+    a minute then is the sensor's; the same jump while people are in the room, or a slow
+    rise, is not marked."""
+    minutes = [f"2015-02-05 {h:02d}:{m:02d}:00" for h in range(0, 3) for m in range(60)]
+    co2 = [450.0] * len(minutes)
+    occupied = [0] * len(minutes)
+    co2[100] = 750.0  # empty since midnight: implausible
+    for i in range(130, 150):  # people in the room from 02:10; their jump is plausible
+        occupied[i] = 1
+    co2[140] = 760.0
+    for i in range(160, 180):  # a slow rise, 40 ppm a minute: not marked
+        co2[i] = 450.0 + 40.0 * (i - 159)
+    rows = [
+        f'"{i + 1}","{stamp}",21.5,27.2,0.0,{c},0.0048,{o}'
+        for i, (stamp, c, o) in enumerate(zip(minutes, co2, occupied, strict=True))
+    ]
+    (tmp_path / "datatest.txt").write_text(OCCUPANCY_HEADER + "\n".join(rows) + "\n")
+    data = load_occupancy(tmp_path)
+    marked = [w for w in data.windows if w.kind == "implausible"]
+    assert len(marked) == 1
+    assert marked[0].start_ns < int(data.ts_ns[data.series == 3][100]) < marked[0].end_ns
