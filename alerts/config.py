@@ -7,13 +7,24 @@ registry. Each channel's settings model lives with the channel in ``alerts.chann
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import time, timedelta
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from alerts.model import Severity
-from devices.registry import Duration, parse_duration
+from devices.registry import (
+    Duration,
+    Registry,
+    Series,
+    UnknownIdError,
+    check_device,
+    check_site,
+    parse_duration,
+    suggest,
+)
+from devices.vocabulary import VOCABULARY, SiteKind
 from ingest.batch import AnomalyFlag
 
 
@@ -68,6 +79,15 @@ class ThresholdRule(_Strict):
                 f"({self.below})"
             )
         return self
+
+    def applies(self, s: Series) -> bool:
+        """Whether the rule watches the series ``s``."""
+        return (
+            s.key.measurement == self.measurement
+            and (self.kind is None or s.kind == self.kind)
+            and (self.site is None or s.key.site == self.site)
+            and (self.device is None or s.key.device == self.device)
+        )
 
 
 def default_thresholds() -> list[ThresholdRule]:
@@ -197,3 +217,87 @@ class AlertsConfig(_Strict):
         if twice:
             raise ValueError(f"threshold rule names must be unique: {twice}")
         return self
+
+
+Problem = tuple[tuple[str | int, ...], str]
+"""Where in ``alerts:`` (a key path, such as ``("thresholds", 0, "measurement")``) and what."""
+
+
+def _rule_problems(rule: ThresholdRule, registry: Registry) -> Iterator[Problem]:
+    kinds = [SiteKind(rule.kind)] if rule.kind is not None else list(SiteKind)
+    site = None
+    if rule.site is not None:
+        try:
+            site = check_site(registry, rule.site)
+        except UnknownIdError as exc:
+            yield ("site",), f"rule {rule.name}: {exc}"
+    if site is not None:
+        if rule.kind is not None and site.kind != rule.kind:
+            yield ("kind",), f"rule {rule.name}: site {site.id} is a {site.kind}, not a {rule.kind}"
+        kinds = [site.kind]
+    vocab = {name for kind in kinds for name in VOCABULARY[kind]}
+    if rule.measurement not in vocab:
+        what = f"a {kinds[0]} measurement" if len(kinds) == 1 else "a measurement"
+        yield (
+            ("measurement",),
+            f"rule {rule.name}: {rule.measurement!r} is not {what}; "
+            f"{suggest(rule.measurement, vocab)}",
+        )
+    if rule.device is not None:
+        if site is not None:
+            try:
+                check_device(registry, site.id, rule.device)
+            except UnknownIdError as exc:
+                yield ("device",), f"rule {rule.name}: {exc}"
+        elif rule.site is None:
+            ids = {d.id for d in registry.devices() if rule.kind is None or d.kind == rule.kind}
+            if rule.device not in ids:
+                yield (
+                    ("device",),
+                    f"rule {rule.name}: no device {rule.device!r} in the registry; "
+                    f"{suggest(rule.device, ids)}",
+                )
+
+
+def registry_problems(config: AlertsConfig, registry: Registry) -> list[Problem]:
+    """What in ``config`` names something the registry does not have, so that it would
+    never match anything: a threshold rule's measurement, site or device, and a device in
+    ``silence.devices``. Each message says what was probably meant (``suggest``)."""
+    problems: list[Problem] = []
+    for i, rule in enumerate(config.thresholds):
+        found = [
+            (("thresholds", i, *loc), message) for loc, message in _rule_problems(rule, registry)
+        ]
+        problems += found
+        if (
+            not found
+            and (rule.site or rule.device)
+            and not any(rule.applies(s) for s in registry.series)
+        ):
+            scope = ", ".join(
+                f"{what} {value}"
+                for what, value in (("site", rule.site), ("device", rule.device))
+                if value is not None
+            )
+            problems.append(
+                (
+                    ("thresholds", i, "measurement"),
+                    f"rule {rule.name} would never fire: the registry has no "
+                    f"{rule.measurement} series at {scope}",
+                )
+            )
+    devices = sorted(f"{d.site}/{d.id}" for d in registry.devices())
+    for key in config.silence.devices:
+        site, slash, device = key.partition("/")
+        if not slash:
+            same = [repr(d) for d in devices if d.rpartition("/")[2] == key]
+            hint = f"did you mean {' or '.join(same)}?" if same else suggest(key, devices)
+            message = f"{key!r} must be 'site/device'; {hint}"
+        else:
+            try:
+                check_device(registry, site, device)
+                continue
+            except UnknownIdError as exc:
+                message = str(exc)
+        problems.append((("silence", "devices", key), f"silence window for {key!r}: {message}"))
+    return problems

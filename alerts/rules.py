@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from alerts.config import DETECTORS, AlertsConfig, ThresholdRule
+from alerts.config import DETECTORS, AlertsConfig
 from alerts.model import Severity
-from devices.registry import Registry, Series
+from devices.registry import Registry
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
@@ -63,22 +63,13 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
-def _applies(rule: ThresholdRule, s: Series) -> bool:
-    return (
-        s.key.measurement == rule.measurement
-        and (rule.kind is None or s.kind == rule.kind)
-        and (rule.site is None or s.key.site == rule.site)
-        and (rule.device is None or s.key.device == rule.device)
-    )
-
-
 def compile_rules(registry: Registry, config: AlertsConfig) -> list[Rule]:
     series = registry.series
     n = len(series)
     strain = np.array([s.key.measurement == "strain" for s in series], dtype=bool)
     rules: list[Rule] = []
     for r in config.thresholds:
-        mask = np.array([_applies(r, s) for s in series], dtype=bool)
+        mask = np.array([r.applies(s) for s in series], dtype=bool)
         level = r.above if r.above is not None else r.below
         assert level is not None  # the model requires one of them
         rules.append(

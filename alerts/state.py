@@ -132,6 +132,17 @@ class AlertStore:
         with self._file.locked() as db:
             return db.execute(sql, args).fetchall()
 
+    def _latest(
+        self, table: str, columns: str, alert_id: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """The last ``limit`` rows of a log table (``history``, ``deliveries``), of one
+        alert when ``alert_id`` is given, oldest first."""
+        where, args = ("WHERE alert_id=?", (alert_id,)) if alert_id else ("", ())
+        rows = self._query(
+            f"SELECT {columns} FROM {table} {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
+        )
+        return rows[::-1]
+
     # -- alerts --------------------------------------------------------------------------
 
     def save(
@@ -240,15 +251,12 @@ class AlertStore:
         return {r[0]: (r[1], datetime.fromisoformat(r[2])) for r in rows}
 
     def history(self, alert_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
-        where, args = ("WHERE alert_id=?", (alert_id,)) if alert_id else ("", ())
-        rows = self._query(
-            "SELECT seq, at, alert_id, event, state, value, detail FROM history "
-            f"{where} ORDER BY seq DESC LIMIT ?",
-            (*args, limit),
+        rows = self._latest(
+            "history", "seq, at, alert_id, event, state, value, detail", alert_id, limit
         )
         return [
             HistoryEntry(r[0], datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], r[6])
-            for r in reversed(rows)
+            for r in rows
         ]
 
     # -- silences ------------------------------------------------------------------------
@@ -266,6 +274,7 @@ class AlertStore:
         if ends_at <= starts_at:
             raise ValueError("a silence must end after it starts")
         s = Silence(uuid.uuid4().hex[:12], dict(matchers), starts_at, ends_at, created_by, comment)
+        matched = ", ".join(f"{k}={v}" for k, v in matchers.items())
         now = datetime.now(UTC)
         with self._tx() as db:
             db.execute(
@@ -276,7 +285,7 @@ class AlertStore:
             db.execute(
                 "INSERT INTO history (at, alert_id, event, state, value, detail) "
                 "VALUES (?,'','silenced',NULL,NULL,?)",
-                (_t(now), f"silence {s.id} {dict(matchers)} until {_t(ends_at)} by {created_by}"),
+                (_t(now), f"silence {s.id} {matched} until {_t(ends_at)} by {created_by}"),
             )
         return s
 
@@ -329,15 +338,12 @@ class AlertStore:
             )
 
     def deliveries(self, alert_id: str | None = None, limit: int = 100) -> list[Delivery]:
-        where, args = ("WHERE alert_id=?", (alert_id,)) if alert_id else ("", ())
-        rows = self._query(
-            "SELECT seq, at, channel, alert_id, event, attempt, ok, error FROM deliveries "
-            f"{where} ORDER BY seq DESC LIMIT ?",
-            (*args, limit),
+        rows = self._latest(
+            "deliveries", "seq, at, channel, alert_id, event, attempt, ok, error", alert_id, limit
         )
         return [
             Delivery(r[0], datetime.fromisoformat(r[1]), r[2], r[3], r[4], r[5], bool(r[6]), r[7])
-            for r in reversed(rows)
+            for r in rows
         ]
 
     def prune(self, before: datetime) -> int:

@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from bench.publish import DEVICES, GAUGES
 from bench.workers import measure as measure_workers
 from devices.registry import parse_registry
+from devices.topics import TopicScheme
 from ingest.batch import ReadingBatch
 from stadtpuls.broker import MosquittoBroker
 from stadtpuls.service import Service
@@ -41,7 +42,7 @@ from stadtpuls.settings import load_settings
 SINGLE_MESSAGES = 150_000
 BLOCK_MESSAGES = 4_000
 LIVE_SECONDS = 12.0
-TOPICS = ["stadtpuls/bridge/+/+", "stadtpuls/school/+/+"]
+TOPICS = TopicScheme().subscriptions()  # the service's own filters
 
 
 def registry_yaml() -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,14 +201,19 @@ def push(
     *,
     influx_token: str | None,
     force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PushReport:
     """Upsert folders, datasources and dashboards; raise `DashboardDrift` at the end if
-    any dashboard was refused, after everything else was pushed."""
+    any dashboard was refused, after everything else was pushed. ``progress`` is called
+    after each dashboard with the number handled and the number written so far."""
     report = PushReport()
     _push_folders(api, report)
     _push_datasources(api, target, influx_token, report)
-    for gen in dashboards:
+    written = len(report.created) + len(report.updated)
+    for i, gen in enumerate(dashboards, 1):
         _push_dashboard(api, gen, force, report)
+        if progress is not None:
+            progress(i, len(report.created) + len(report.updated) - written)
     if report.drifted:
         raise DashboardDrift(report)
     return report

@@ -14,13 +14,13 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devices.mqtt_client import BrokerAccess, new_client, on_connection
 from devices.simulator import SimMessage
 
 _CONNECT_TIMEOUT_S = 10.0
@@ -52,41 +52,22 @@ class _Tracker:
         self.connected = False
         self.connect_error: str | None = None
 
-    def on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         with self.cond:
-            if reason.is_failure:
-                self.connect_error = str(reason)
-            else:
-                self.connected = True
+            self.connected = True
             self.cond.notify_all()
 
-    def on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def on_refused(self, reason: ReasonCode) -> None:
+        with self.cond:
+            self.connect_error = str(reason)
+            self.cond.notify_all()
+
+    def on_disconnect(self, reason: ReasonCode) -> None:
         with self.cond:
             self.connected = False
             self.cond.notify_all()
 
-    def on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties,
-    ) -> None:
+    def on_publish(self, mid: int, reason: ReasonCode) -> None:
         with self.cond:
             self.acked += 1
             if reason.is_failure:  # e.g. not authorised by the broker's ACL
@@ -123,7 +104,7 @@ def publish(
         raise ValueError(f"pace must be 'realtime' or 'fast': {pace!r}")
     stop = stop if stop is not None else threading.Event()
     began = time.monotonic()
-    options = _Options(host, port, client_id, max_inflight, username, password)
+    options = _Options(BrokerAccess(host, port, username, password), client_id, max_inflight)
     try:
         client, track = _start(options, protocol, stop)
     except _ProtocolRefused:
@@ -160,12 +141,9 @@ def publish(
 
 @dataclass(frozen=True)
 class _Options:
-    host: str
-    port: int
+    broker: BrokerAccess
     client_id: str
     max_inflight: int
-    username: str | None
-    password: str | None
 
 
 class _ProtocolRefused(ConnectionError):
@@ -177,22 +155,24 @@ def _start(
 ) -> tuple[mqtt.Client, _Tracker]:
     """A connected client with its network thread running, or ``ConnectionError``."""
     track = _Tracker()
-    version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id, protocol=version)
-    client.on_connect = track.on_connect
-    client.on_disconnect = track.on_disconnect
-    client.on_publish = track.on_publish
+    client = new_client(o.broker, o.client_id, protocol)
+    on_connection(
+        client,
+        connected=track.on_connect,
+        refused=track.on_refused,
+        disconnected=track.on_disconnect,
+        published=track.on_publish,
+    )
     client.max_inflight_messages_set(o.max_inflight)
     client.max_queued_messages_set(max(1000, 10 * o.max_inflight))
-    if o.username is not None:
-        client.username_pw_set(o.username, o.password)
+    host, port = o.broker.host, o.broker.port
     try:
-        client.connect(o.host, o.port, keepalive=30)
+        client.connect(host, port, keepalive=30)
     except OSError as exc:
-        raise ConnectionError(f"cannot reach MQTT broker {o.host}:{o.port}: {exc}") from exc
+        raise ConnectionError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
     client.loop_start()
     try:
-        _await_connection(track, stop, o.host, o.port)
+        _await_connection(track, stop, host, port)
     except ConnectionError:
         client.disconnect()
         client.loop_stop()

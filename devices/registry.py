@@ -7,17 +7,18 @@ documented in the README ("Registry").
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from devices.vocabulary import VOCABULARY, Measurement, SiteKind
+from devices.yamlfile import YamlFileError, key_path, load_yaml
 
 # Ids end up in MQTT topics, line-protocol tags, SQL and Flux; allowing only this alphabet
 # means none of them ever needs escaping and no id can smuggle a wildcard or a separator.
@@ -85,6 +86,7 @@ class OverrideModel(_Strict):
 
 
 class DeviceModel(_Strict):
+    name: str = ""  # how people call the room or device; any text, the id if empty
     description: str = ""
     interval: Duration = Field(default=timedelta(minutes=30))
     measurements: list[str] = Field(default_factory=list)
@@ -207,6 +209,7 @@ class Device:
     description: str
     interval: timedelta
     series: Mapping[str, Series]  # by record name
+    name: str = ""  # the registry's display name ("Raum 101"), empty if none
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +273,9 @@ class Registry:
                     )
                     all_series.append(s)
                     by_name[key.name] = s
-                dev = Device(site_id, dev_id, sm.kind, dm.description, dm.interval, by_name)
+                dev = Device(
+                    site_id, dev_id, sm.kind, dm.description, dm.interval, by_name, dm.name
+                )
                 site_devices[dev_id] = dev
                 devices[(site_id, dev_id)] = dev
             loc = sm.location
@@ -286,25 +291,6 @@ class Registry:
         return cls(sites, tuple(all_series), devices)
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _line_index(value_node, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, (*path, i), out)
-
-
-def _locate(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return 1
-
-
 def load_registry(path: Path | str) -> Registry:
     """Load and check a registry file; raise ``RegistryError`` pointing at the mistake."""
     path = Path(path)
@@ -317,33 +303,67 @@ def load_registry(path: Path | str) -> Registry:
 
 def parse_registry(text: str, source: str = "<registry>") -> Registry:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise RegistryError(f"{where}: not valid YAML: {exc}") from exc
-    if node is None or not isinstance(data, dict):
+        loaded = load_yaml(text, source)
+    except YamlFileError as exc:
+        raise RegistryError(str(exc)) from None
+    data = loaded.data
+    if not isinstance(data, dict):
         raise RegistryError(f"{source}:1: the registry must be a mapping with a 'sites' key")
-    lines: dict[tuple[Any, ...], int] = {}
-    _line_index(node, (), lines)
     try:
         model = RegistryModel.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            line = _locate(lines, loc)
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            problems.append(f"{source}:{line}: {key}: {err['msg']}")
+            problems.append(f"{loaded.where(loc)}: {key_path(loc)}: {err['msg']}")
         raise RegistryError("\n".join(problems)) from exc
     domain = [
-        f"{source}:{_locate(lines, loc)}: {'.'.join(str(p) for p in loc)}: {message}"
+        f"{loaded.where(loc)}: {key_path(loc)}: {message}"
         for loc, message in _domain_problems(model)
     ]
     if domain:
         raise RegistryError("\n".join(domain))
     return Registry.from_model(model)
+
+
+class UnknownIdError(ValueError):
+    """A site or device that the registry does not have; the message says which one was
+    probably meant."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """What to tell someone who wrote ``name`` where one of ``choices`` belongs: ``did you
+    mean 'x'?`` for the close ones (difflib), else the choices themselves (the first ten)."""
+    known = sorted(set(choices))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if not close:  # a case slip (Remberg) is not always close enough for difflib
+        close = [c for c in known if c.lower() == name.lower()]
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    if not known:
+        return "there are none"
+    more = f", ... ({len(known)} in all)" if len(known) > 10 else ""
+    return "known: " + ", ".join(known[:10]) + more
+
+
+def check_site(registry: Registry, site: str) -> Site:
+    """The site ``site``, or ``UnknownIdError`` with a did-you-mean."""
+    found = registry.sites.get(site)
+    if found is None:
+        raise UnknownIdError(f"no site {site!r} in the registry; {suggest(site, registry.sites)}")
+    return found
+
+
+def check_device(registry: Registry, site: str, device: str) -> Device:
+    """The device ``device`` of ``site``, or ``UnknownIdError`` with a did-you-mean (the
+    site is checked first)."""
+    found = check_site(registry, site).devices.get(device)
+    if found is None:
+        raise UnknownIdError(
+            f"site {site!r} has no device {device!r}; "
+            f"{suggest(device, registry.sites[site].devices)}"
+        )
+    return found
 
 
 def is_valid_id(value: str) -> bool:

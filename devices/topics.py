@@ -36,15 +36,30 @@ class TopicScheme:
         self._depth = prefix.count("/") + 4
 
     def subscriptions(self) -> list[str]:
-        """Topic filters the service subscribes to, one per site kind."""
-        return [f"{self.prefix}/{kind.value}/+/+" for kind in SiteKind]
+        """Topic filters the service subscribes to, one per site kind.
+
+        Everything under a kind, however deep: a topic with a level too many or too few is
+        delivered and quarantined (``bad_topic``) rather than accepted by the broker and
+        received by no one. ``{prefix}/alerts/...`` is not subscribed: it is the service's
+        own output."""
+        return [f"{self.prefix}/{kind.value}/#" for kind in SiteKind]
 
     def site_subscriptions(self, sites: Iterable[str]) -> list[str]:
         """Topic filters for just these sites (a worker's share), one per site and kind.
 
         Every kind, not only the site's own: a device publishing under the wrong kind must
-        still reach the site's worker, which quarantines it, as the wildcard would."""
-        return [f"{self.prefix}/{kind.value}/{site}/+" for site in sites for kind in SiteKind]
+        still reach the site's worker, which quarantines it, as the wildcard would. Every
+        depth under the site, for the same reason as ``subscriptions``."""
+        return [f"{self.prefix}/{kind.value}/{site}/#" for site in sites for kind in SiteKind]
+
+    def former_subscriptions(self, sites: Iterable[str]) -> list[str]:
+        """The filters earlier versions subscribed to (one level deep only), which a kept
+        session may still hold: the kinds' and these sites'. Left in place beside the
+        current ones they would deliver a message twice."""
+        return [
+            *(f"{self.prefix}/{kind.value}/+/+" for kind in SiteKind),
+            *(f"{self.prefix}/{kind.value}/{site}/+" for site in sites for kind in SiteKind),
+        ]
 
     def readings(self, kind: SiteKind, site: str, device: str) -> str:
         return f"{self.prefix}/{kind.value}/{site}/{device}"
@@ -57,8 +72,11 @@ class TopicScheme:
             raise TopicRejected(f"topic {topic!r} is outside prefix {self.prefix!r}")
         parts = topic.split("/")
         if len(parts) != self._depth:
+            levels = len(parts) - self._depth
+            count = f"{abs(levels)} level{'s' if abs(levels) > 1 else ''}"
             raise TopicRejected(
-                f"topic {topic!r} must be {self.prefix}/{{kind}}/{{site}}/{{device}}"
+                f"topic {topic!r} has {count} {'too many' if levels > 0 else 'too few'}: "
+                f"readings go to {self.prefix}/{{kind}}/{{site}}/{{device}}"
             )
         kind, site, device = parts[-3:]
         try:

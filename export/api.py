@@ -26,10 +26,18 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from devices.registry import ID_PATTERN, Registry
-from export.dictionary import DEFAULT_LICENCE
+from devices.registry import ID_PATTERN, Registry, Series
+from export.dictionary import DEFAULT_LICENCE, room_name
 from export.formats import ExportFormat
-from export.query import ExportRefused, ExportRequest, Layout, Resolution, Statistic
+from export.labels import measurement_label, unit_text
+from export.query import (
+    ExportRefused,
+    ExportRequest,
+    Layout,
+    Resolution,
+    Statistic,
+    wide_header,
+)
 from export.stream import ExportStats, export_filename, export_stream
 from export.tokens import RateLimited, TokenRefused, TokenScope, TokenStore
 from ingest.stores.base import ReadingSource
@@ -151,6 +159,22 @@ def _single(request: Request) -> dict[str, str]:
     return out
 
 
+def _series_meta(s: Series) -> dict[str, object]:
+    """A series as the page shows it: labels in both languages, the unit as people write
+    it, and the column it has in a wide export (JSON keeps the SenML unit in it)."""
+    label = measurement_label(s.key.measurement, s.kind)
+    return {
+        "channel": s.key.channel,
+        "measurement": s.key.measurement,
+        "unit": s.unit,
+        "unit_text": unit_text(s.unit),
+        "label": {"de": label.de, "en": label.en},
+        "about": {"de": label.about_de, "en": label.about_en},
+        "description": s.measurement.description,
+        "column": wide_header(s),
+    }
+
+
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -207,17 +231,10 @@ class ExportApi:
         rooms = [
             {
                 "id": d.id,
+                "name": room_name(d, d.id),
                 "description": d.description,
                 "interval_s": d.interval.total_seconds(),
-                "series": [
-                    {
-                        "channel": s.key.channel,
-                        "measurement": s.key.measurement,
-                        "unit": s.unit,
-                        "description": s.measurement.description,
-                    }
-                    for s in d.series.values()
-                ],
+                "series": [_series_meta(s) for s in d.series.values()],
             }
             for d in site.devices.values()
             if scope.device is None or d.id == scope.device
@@ -226,6 +243,7 @@ class ExportApi:
             {
                 "site": {"id": site.id, "name": site.name, "city": site.city},
                 "room": scope.device,
+                "now": datetime.fromtimestamp(self.clock() // 1_000_000_000, UTC).isoformat(),
                 "expires": datetime.fromtimestamp(scope.expires_ns / 1e9, UTC).isoformat(),
                 "rooms": rooms,
                 "max_range_days": self.caps.max_range.total_seconds() / 86400,

@@ -1,14 +1,27 @@
 """The data dictionary of an export bundle: what each column means, units, where each sensor
-sits, what the anomaly flags mean, and the licence; in German and English, as open-data
-portals publish it (DOMAIN.md, "Open data")."""
+sits, what the anomaly flags mean, and the licence, as open-data portals publish it
+(DOMAIN.md, "Open data"): ``LIESMICH.txt`` entirely in German (dates, units, measurement
+names, file format), ``README.txt`` in English, ``data_dictionary.json`` for tools. Units are
+written as people write them (``°C``, ``µg/m³``); the JSON also gives the SenML name."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 
-from devices.registry import Registry, Series
-from export.query import Column, ExportRequest, Resolution, utc_datetime
+from devices.registry import Device, Registry, Series
+from export.labels import measurement_label, unit_text
+from export.query import (
+    LOCAL_ZONE,
+    NS,
+    Column,
+    ExportRequest,
+    Layout,
+    Resolution,
+    Statistic,
+    utc_datetime,
+)
 from ingest.batch import AnomalyFlag
 
 DEFAULT_LICENCE = "Datenlizenz Deutschland - Namensnennung - Version 2.0 (dl-de/by-2-0)"
@@ -38,7 +51,7 @@ _COLUMN_DE = {
     "site": "Kennung der Schule",
     "device": "Kennung des Raums bzw. Sensors",
     "channel": "Kanal des Sensors, leer wenn der Sensor nur einen hat",
-    "measurement": "Messgröße",
+    "measurement": "Kennung der Messgröße (siehe Sensoren und ihr Ort)",
     "value": "Messwert in der Einheit der Zeile",
     "unit": "Einheit",
     "anomaly": "Auffälligkeiten, mit + verbunden; leer = unauffällig",
@@ -50,17 +63,113 @@ _COLUMN_DE = {
     "expected": "Anzahl Messwerte, die der Sensor im Intervall liefern sollte",
 }
 
+_RESOLUTION = {  # (German, English)
+    Resolution.RAW: ("Rohdaten: jede einzelne Messung", "raw: every single reading"),
+    Resolution.MIN1: ("Minutenwerte", "1-minute values"),
+    Resolution.MIN15: ("Viertelstundenwerte", "15-minute values"),
+    Resolution.HOUR1: ("Stundenwerte", "hourly values"),
+    Resolution.DAY1: (
+        "Tageswerte (Kalendertage in deutscher Zeit)",
+        "daily values (calendar days in German time)",
+    ),
+}
+_STATISTIC = {
+    Statistic.MEAN: ("der Mittelwert", "the mean"),
+    Statistic.MIN: ("der kleinste Wert", "the smallest reading"),
+    Statistic.MAX: ("der größte Wert", "the largest reading"),
+}
+_DIALECT = {  # excel -> (German, English)
+    True: (
+        "CSV für deutsches Excel: Semikolon als Trennzeichen, Dezimalkomma (812,5), UTF-8 mit "
+        "BOM; Zeiten ohne Zeitzone wie 2026-11-23 07:00:00,000000. Einheiten so, wie man sie "
+        "schreibt (°C, %, µg/m³).",
+        "CSV for German Excel: semicolon as separator, decimal comma (812,5), UTF-8 with BOM; "
+        "times without zone as 2026-11-23 07:00:00,000000. Units as people write them (°C, "
+        "%, µg/m³).",
+    ),
+    False: (
+        "CSV nach RFC 4180: Komma als Trennzeichen, Dezimalpunkt (812.5), UTF-8; Zeiten nach "
+        "ISO 8601 mit Zeitzone. Einheiten als SenML-Kürzel (Cel = °C, %RH = %, ug/m3 = µg/m³).",
+        "CSV after RFC 4180: comma as separator, decimal point (812.5), UTF-8; times in ISO "
+        "8601 with their zone. Units as SenML names (Cel = °C, %RH = %, ug/m3 = µg/m³).",
+    ),
+}
 
-def _series_lines(registry: Registry, series: Sequence[Series]) -> list[str]:
-    lines = []
+
+def room_name(device: Device | None, device_id: str) -> str:
+    """How people call the room: the registry's ``name``, else its id."""
+    return device.name if device is not None and device.name else device_id
+
+
+def _berlin(ts_ns: int) -> datetime:
+    return datetime.fromtimestamp(ts_ns // NS, LOCAL_ZONE)
+
+
+def _when_de(ts_ns: int) -> str:
+    dt = _berlin(ts_ns)
+    return dt.strftime("%d.%m.%Y %H:%M:%S" if dt.second else "%d.%m.%Y %H:%M")
+
+
+def _when_en(ts_ns: int) -> str:
+    dt = _berlin(ts_ns)
+    return dt.strftime("%Y-%m-%d %H:%M:%S" if dt.second else "%Y-%m-%d %H:%M")
+
+
+def _seconds_de(seconds: float) -> str:
+    return f"{seconds:g}".replace(".", ",")
+
+
+def _sensor_lines(registry: Registry, series: Sequence[Series]) -> tuple[list[str], list[str]]:
+    """One line per series, in German and in English."""
+    de, en = [], []
     for s in series:
         dev = registry.device(s.key.site, s.key.device)
-        where = dev.description if dev is not None and dev.description else "-"
-        lines.append(
-            f"- {s.key.device} {s.key.name} [{s.unit}]: {s.measurement.description}; "
-            f"every {s.interval.total_seconds():g} s; placement: {where}"
+        label = measurement_label(s.key.measurement, s.kind)
+        unit = unit_text(s.unit)
+        room = room_name(dev, s.key.device)
+        where = dev.description if dev is not None and dev.description else ""
+        channel_de = f", Kanal {s.key.channel}" if s.key.channel else ""
+        channel_en = f", channel {s.key.channel}" if s.key.channel else ""
+        seconds = s.interval.total_seconds()
+        de.append(
+            f"- {room} ({s.key.device}{channel_de}): {label.de} [{unit}], Kennung "
+            f"{s.key.measurement}: {label.about_de}; alle {_seconds_de(seconds)} s ein "
+            f"Messwert; Ort: {where or 'nicht angegeben'}"
         )
-    return lines
+        en.append(
+            f"- {room} ({s.key.device}{channel_en}): {label.en} [{unit}], id "
+            f"{s.key.measurement}: {label.about_en}; one reading every {seconds:g} s; "
+            f"placement: {where or 'not given'}"
+        )
+    return de, en
+
+
+def _column_lines(
+    registry: Registry, request: ExportRequest, series: Sequence[Series], cols: Sequence[Column]
+) -> tuple[list[str], list[str]]:
+    """What each column holds, in German and in English. The wide layout's value columns
+    follow ``series`` in order, after the two time columns."""
+    by_column: dict[str, Series] = {}
+    if request.layout == Layout.WIDE:
+        by_column = {c.name: s for c, s in zip(cols[2:], series, strict=True)}
+    statistic_de, statistic_en = _STATISTIC[request.statistic]
+    de, en = [], []
+    for c in cols:
+        s = by_column.get(c.name)
+        if s is None:
+            de.append(f"- {c.name}: {_COLUMN_DE.get(c.name, c.name)}")
+            en.append(f"- {c.name}: {c.description or c.name}")
+            continue
+        label = measurement_label(s.key.measurement, s.kind)
+        room = room_name(registry.device(s.key.site, s.key.device), s.key.device)
+        unit = unit_text(s.unit)
+        if request.resolution == Resolution.RAW:
+            de.append(f"- {c.name}: {label.de} in {unit}, {room}")
+            en.append(f"- {c.name}: {label.en} in {unit}, {room}")
+        else:
+            de.append(f"- {c.name}: {label.de} in {unit}, {room}; {statistic_de} des Intervalls")
+            en.append(f"- {c.name}: {label.en} in {unit}, {room}; {statistic_en} of the bucket")
+    return de, en
 
 
 def dictionary_files(
@@ -70,55 +179,79 @@ def dictionary_files(
     cols: Sequence[Column],
     data_name: str,
     licence: str = DEFAULT_LICENCE,
+    *,
+    excel: bool = True,
 ) -> list[tuple[str, bytes]]:
-    """``LIESMICH.txt`` / ``README.txt`` for people and ``data_dictionary.json`` for tools."""
+    """``LIESMICH.txt`` (German) / ``README.txt`` (English) for people and
+    ``data_dictionary.json`` for tools; ``excel`` says which CSV dialect the data file is
+    in, so the description of its format and its column names match it."""
     site = registry.sites[request.site]
     start = utc_datetime(request.start_ns).isoformat()
     end = utc_datetime(request.end_ns).isoformat()
     res = request.resolution
-    res_de = "Rohdaten (jede Messung)" if res == Resolution.RAW else f"Intervalle von {res.value}"
-    res_en = "raw (every reading)" if res == Resolution.RAW else f"buckets of {res.value}"
-    sensors = _series_lines(registry, series)
-    flags = [f"- {name}: {de} / {en}" for name, (de, en) in FLAG_MEANINGS.items()]
+    res_de, res_en = _RESOLUTION[res]
+    statistic_de, statistic_en = _STATISTIC[request.statistic]
+    if request.layout == Layout.WIDE:
+        layout_de = "breit (eine Spalte je Raum und Messgröße"
+        layout_en = "wide (one column per room and measurement"
+        if res != Resolution.RAW:
+            layout_de += f"; in jeder Zelle {statistic_de} des Intervalls"
+            layout_en += f"; each cell holds {statistic_en} of the bucket"
+        layout_de += ")"
+        layout_en += ")"
+    elif res == Resolution.RAW:
+        layout_de, layout_en = "lang (eine Zeile je Messwert)", "long (one row per reading)"
+    else:
+        layout_de = "lang (eine Zeile je Intervall und Messreihe mit Mittelwert, Minimum, Maximum)"
+        layout_en = "long (one row per bucket and series with mean, min and max)"
+    sensors_de, sensors_en = _sensor_lines(registry, series)
+    columns_de, columns_en = _column_lines(registry, request, series, cols)
+    dialect_de, dialect_en = _DIALECT[excel]
     de = [
         f"Messdaten: {site.name} ({site.city or site.id})",
-        f"Zeitraum: {start} bis {end} (UTC, Ende ausgeschlossen)",
-        f"Auflösung: {res_de}; Layout: {request.layout.value}",
+        f"Zeitraum: {_when_de(request.start_ns)} bis {_when_de(request.end_ns)} deutsche "
+        f"Ortszeit (Ende ausgeschlossen); in UTC: {start} bis {end}",
+        f"Auflösung: {res_de}",
+        f"Tabellenform: {layout_de}",
         f"Datei: {data_name}",
+        f"Dateiformat: {dialect_de}",
         "",
         "Spalten:",
-        *(f"- {c.name}: {_COLUMN_DE.get(c.name, f'Messwert in {c.unit}')}" for c in cols),
+        *columns_de,
         "",
         "Lücken: Bei fester Auflösung steht jedes Intervall in der Datei; ohne Messwerte "
         "bleiben die Zellen leer (count 0). In Rohdaten trägt der erste Wert nach einer "
-        "Lücke die Markierung 'gap'.",
+        "Lücke die Markierung gap in der Spalte anomaly.",
         "",
         "Sensoren und ihr Ort:",
-        *sensors,
+        *sensors_de,
         "",
-        "Auffälligkeiten (anomaly):",
-        *flags,
+        "Auffälligkeiten (Spalte anomaly):",
+        *(f"- {name}: {meaning}" for name, (meaning, _) in FLAG_MEANINGS.items()),
         "",
         f"Lizenz: {licence}",
     ]
     en = [
         f"Sensor data: {site.name} ({site.city or site.id})",
-        f"Range: {start} to {end} (UTC, end excluded)",
-        f"Resolution: {res_en}; layout: {request.layout.value}",
+        f"Range: {_when_en(request.start_ns)} to {_when_en(request.end_ns)} German local "
+        f"time (end excluded); in UTC: {start} to {end}",
+        f"Resolution: {res_en}",
+        f"Layout: {layout_en}",
         f"File: {data_name}",
+        f"File format: {dialect_en}",
         "",
         "Columns:",
-        *(f"- {c.name}: {c.description or f'reading in {c.unit}'}" for c in cols),
+        *columns_en,
         "",
         "Gaps: at a fixed resolution every bucket is in the file; without readings its cells "
         "stay empty (count 0). In raw data the first reading after a gap carries the flag "
-        "'gap'.",
+        "gap in the column anomaly.",
         "",
         "Sensors and their placement:",
-        *sensors,
+        *sensors_en,
         "",
-        "Anomaly flags:",
-        *flags,
+        "Anomaly flags (column anomaly):",
+        *(f"- {name}: {meaning}" for name, (_, meaning) in FLAG_MEANINGS.items()),
         "",
         f"Licence: {licence}",
     ]
@@ -129,6 +262,7 @@ def dictionary_files(
         "resolution": res.value,
         "layout": request.layout.value,
         "file": data_name,
+        "format": "csv-de" if excel else "csv",
         "columns": [
             {"name": c.name, "type": c.kind, "unit": c.unit, "description": c.description}
             for c in cols
@@ -136,13 +270,17 @@ def dictionary_files(
         "series": [
             {
                 "device": s.key.device,
+                "room": room_name(d := registry.device(s.key.site, s.key.device), s.key.device),
                 "channel": s.key.channel,
                 "measurement": s.key.measurement,
-                "unit": s.unit,
+                "label": {
+                    "de": measurement_label(s.key.measurement, s.kind).de,
+                    "en": measurement_label(s.key.measurement, s.kind).en,
+                },
+                "unit": unit_text(s.unit),
+                "senml_unit": s.unit,
                 "interval_s": s.interval.total_seconds(),
-                "placement": (
-                    d.description if (d := registry.device(s.key.site, s.key.device)) else ""
-                ),
+                "placement": d.description if d is not None else "",
             }
             for s in series
         ],

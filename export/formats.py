@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -111,9 +111,18 @@ def _float_text(decimal_comma: bool) -> Callable[[Any], str]:
     return text
 
 
-def csv_chunks(cols: Sequence[Column], rows: Iterable[Row], *, excel: bool) -> Iterator[bytes]:
+def csv_chunks(
+    cols: Sequence[Column],
+    rows: Iterable[Row],
+    *,
+    excel: bool,
+    unit_text: Mapping[str, str] | None = None,
+) -> Iterator[bytes]:
     """RFC 4180 (comma, CRLF), or German Excel's dialect: semicolon, decimal comma and a BOM,
-    which is how Excel recognises UTF-8 (otherwise it reads "µg/m³" as Windows-1252)."""
+    which is how Excel recognises UTF-8 (otherwise it reads "µg/m³" as Windows-1252).
+
+    ``unit_text`` rewrites the cells of a ``unit`` column (SenML name -> the text people
+    write); the headers come with ``cols``."""
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=";" if excel else ",", lineterminator="\r\n")
     writer.writerow([c.name for c in cols])
@@ -128,6 +137,8 @@ def csv_chunks(cols: Sequence[Column], rows: Iterable[Row], *, excel: bool) -> I
     utc = [i for i, c in enumerate(cols) if c.kind == "time"]
     local = [i for i, c in enumerate(cols) if c.kind == "local_time"]
     floats = [i for i, c in enumerate(cols) if c.kind == "float"] if excel else []
+    texts: Mapping[str, str] = unit_text or {}
+    units = [i for i, c in enumerate(cols) if c.name == "unit"] if texts else []
     to_text = _float_text(decimal_comma=True)
     batch: list[list[Any]] = []
     for row in rows:
@@ -138,6 +149,8 @@ def csv_chunks(cols: Sequence[Column], rows: Iterable[Row], *, excel: bool) -> I
             cells[i] = stamps.local(cells[i])
         for i in floats:
             cells[i] = to_text(cells[i])
+        for i in units:
+            cells[i] = texts.get(cells[i], cells[i])
         batch.append(cells)
         if len(batch) >= _ROWS_PER_CHUNK:
             writer.writerows(batch)

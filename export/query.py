@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -117,16 +117,12 @@ def select_series(registry: Registry, request: ExportRequest) -> list[Series]:
     return sorted(series, key=lambda s: (s.key.device, s.key.channel, s.key.measurement))
 
 
-def wide_header(s: Series) -> str:
-    parts = (
-        [s.key.device, s.key.channel, s.key.measurement]
-        if s.key.channel
-        else [
-            s.key.device,
-            s.key.measurement,
-        ]
-    )
-    return f"{' '.join(parts)} [{s.unit}]"
+def wide_header(s: Series, units: Mapping[str, str] | None = None) -> str:
+    """``device [channel] measurement [unit]``; ``units`` maps SenML unit names to the
+    texts people write (German Excel's CSV), else the header carries the SenML name."""
+    parts = [s.key.device, *([s.key.channel] if s.key.channel else []), s.key.measurement]
+    unit = s.unit if units is None else units.get(s.unit, s.unit)
+    return f"{' '.join(parts)} [{unit}]"
 
 
 _TIME_COLUMNS = (
@@ -141,11 +137,23 @@ _KEY_COLUMNS = (
 )
 
 
-def columns(request: ExportRequest, series: Sequence[Series]) -> list[Column]:
+def columns(
+    request: ExportRequest, series: Sequence[Series], units: Mapping[str, str] | None = None
+) -> list[Column]:
+    """The export's columns; with ``units`` (SenML name -> text) the wide headers and the
+    columns' units are written as people write them."""
     if request.layout == Layout.WIDE:
         return [
             *_TIME_COLUMNS,
-            *(Column(wide_header(s), "float", s.unit, s.measurement.description) for s in series),
+            *(
+                Column(
+                    wide_header(s, units),
+                    "float",
+                    s.unit if units is None else units.get(s.unit, s.unit),
+                    s.measurement.description,
+                )
+                for s in series
+            ),
         ]
     if request.resolution == Resolution.RAW:
         return [

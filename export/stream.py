@@ -15,14 +15,16 @@ from datetime import UTC, datetime
 from devices.registry import Registry
 from export.dictionary import DEFAULT_LICENCE, dictionary_files
 from export.formats import ExportFormat, csv_chunks, json_chunks, parquet_chunks, zip_chunks
+from export.labels import UNIT_TEXT
 from export.query import (
+    LOCAL_ZONE,
+    NS,
     ExportRequest,
     Progress,
     Row,
     columns,
     rows,
     select_series,
-    utc_datetime,
 )
 from ingest.stores.base import ReadingSource
 
@@ -42,14 +44,23 @@ class ExportStats:
 
 
 def export_filename(request: ExportRequest, fmt: ExportFormat) -> str:
+    """``stadtpuls-{site}-{rooms|all}-{first day}-{last day}-{resolution}-{layout}.{ext}``;
+    the days are Berlin calendar days, as the pupil chose them (a week from Monday 00:00 is
+    ``…-20261123-20261129-…``), and German Excel's CSV ends in ``-excel-de.csv`` so it is
+    not mistaken for, or overwritten by, the RFC 4180 file."""
     day = "%Y%m%d"
-    start = utc_datetime(request.start_ns).strftime(day)
-    end = utc_datetime(request.end_ns - 1).strftime(day)
+    start = local_datetime(request.start_ns).strftime(day)
+    end = local_datetime(request.end_ns - 1).strftime(day)
     rooms = "-".join(request.devices) if len(request.devices) <= 3 and request.devices else "all"
+    dialect = "-excel-de" if fmt == ExportFormat.CSV_DE else ""
     return (
         f"stadtpuls-{request.site}-{rooms}-{start}-{end}-{request.resolution.value}-"
-        f"{request.layout.value}.{fmt.extension}"
+        f"{request.layout.value}{dialect}.{fmt.extension}"
     )
+
+
+def local_datetime(ts_ns: int) -> datetime:
+    return datetime.fromtimestamp(ts_ns // NS, LOCAL_ZONE)
 
 
 def _counted(it: Iterable[Row], stats: ExportStats) -> Iterator[Row]:
@@ -72,24 +83,28 @@ def export_stream(
     """Check ``request`` (raises ``ExportRefused``) and return the file as byte chunks.
 
     ``excel_in_bundle`` picks the CSV dialect inside a ZIP bundle: German Excel's (the
-    default: the bundle is for students) or RFC 4180.
+    default: the bundle is for students) or RFC 4180. German Excel's CSV writes units as
+    people write them (``°C``, ``µg/m³``); the other formats keep the SenML names.
     """
     series = select_series(registry, request)
-    cols = columns(request, series)
+    excel = fmt == ExportFormat.CSV_DE or (fmt == ExportFormat.ZIP and excel_in_bundle)
+    units = UNIT_TEXT if excel else None
+    cols = columns(request, series, units)
     counter = stats if stats is not None else ExportStats()
     body = _counted(rows(source, request, series, progress), counter)
     if fmt == ExportFormat.CSV:
         chunks = csv_chunks(cols, body, excel=False)
     elif fmt == ExportFormat.CSV_DE:
-        chunks = csv_chunks(cols, body, excel=True)
+        chunks = csv_chunks(cols, body, excel=True, unit_text=units)
     elif fmt in (ExportFormat.JSON, ExportFormat.NDJSON):
         chunks = json_chunks(cols, body, lines=fmt == ExportFormat.NDJSON)
     elif fmt == ExportFormat.PARQUET:
         chunks = parquet_chunks(cols, body)
     elif fmt == ExportFormat.ZIP:
-        data_name = export_filename(request, ExportFormat.CSV)
-        extras = dictionary_files(registry, request, series, cols, data_name, licence)
-        chunks = zip_chunks(data_name, csv_chunks(cols, body, excel=excel_in_bundle), extras)
+        data_name = export_filename(request, ExportFormat.CSV_DE if excel else ExportFormat.CSV)
+        extras = dictionary_files(registry, request, series, cols, data_name, licence, excel=excel)
+        data = csv_chunks(cols, body, excel=excel, unit_text=units)
+        chunks = zip_chunks(data_name, data, extras)
     else:
         raise ValueError(f"unknown export format {fmt!r}")
     return _sized(chunks, counter)

@@ -67,13 +67,19 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """One quarantined message: the raw bytes and a reason a person can read."""
+    """One quarantined message: the raw bytes and a reason a person can read.
+
+    ``records`` are the positions of the records that were refused while the others of
+    the message were stored (``RecordRejected.indices``); ``None`` when nothing of the
+    message was stored, so a replay decodes all of it.
+    """
 
     topic: str
     payload: bytes
     reason: str
     detail: str
     received_ns: int
+    records: tuple[int, ...] | None = None
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from devices.codecs import Decoded, Decoder, ReadingRejected
+from devices.rejections import positions, summarize
 from ingest.anomaly import AnomalyCheck
 from ingest.batch import InboundMessage, ReadingBatch, Receipt, Rejection, message_digest
 from ingest.metrics import IngestMetrics
@@ -84,25 +85,43 @@ class Pipeline:
         receipts: list[Receipt] = []
         decode = self.decoder.decode
         for m in messages:
+            # The quarantine keeps the receive time the message was decoded at, so that a
+            # replay times its records as the stored ones were timed.
+            received_ns = m.received_ns
             try:
-                received_ns = m.received_ns
                 if m.dup:
                     # A redelivery of a message timed at receipt keeps its first receipt
                     # time, so its readings overwrite themselves instead of doubling.
                     earlier = self.store.receipt_time(message_digest(m.topic, m.payload))
                     received_ns = received_ns if earlier is None else earlier
                 decoded = decode(m.topic, m.payload, received_ns)
-                parts.append(decoded)
-                if decoded.receipt_timed:
-                    receipts.append(Receipt(message_digest(m.topic, m.payload), received_ns))
             except ReadingRejected as exc:
                 rejected.append(
-                    Rejection(m.topic, m.payload, exc.reason.value, exc.detail, m.received_ns)
+                    Rejection(m.topic, m.payload, exc.reason.value, exc.detail, received_ns)
                 )
+                continue
             except Exception as exc:  # a decoder bug must not lose the message or stop ingest
                 log.exception("decoder failed on a message", extra={"topic": m.topic})
                 rejected.append(
-                    Rejection(m.topic, m.payload, "decoder_error", repr(exc), m.received_ns)
+                    Rejection(m.topic, m.payload, "decoder_error", repr(exc), received_ns)
+                )
+                continue
+            parts.append(decoded)
+            if decoded.receipt_timed:
+                receipts.append(Receipt(message_digest(m.topic, m.payload), received_ns))
+            if decoded.rejected:
+                # Some records refused, the others stored: one entry keeps the whole
+                # message and which records to replay.
+                refused = decoded.rejected
+                rejected.append(
+                    Rejection(
+                        m.topic,
+                        m.payload,
+                        refused[0].reason.value,
+                        summarize(refused, len(decoded)),
+                        received_ns,
+                        positions(refused),
+                    )
                 )
         readings = ReadingBatch.concat(parts)
         # CPU time of this thread, not wall time: while paho's thread holds the GIL the

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import sys
 import threading
 import time
@@ -22,11 +21,12 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devices.mqtt_client import BrokerAccess, new_client, on_connection
 from ingest.batch import InboundMessage
 from ingest.metrics import IngestMetrics
 
@@ -36,13 +36,9 @@ _POLL_INTERVAL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
-class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
+class MqttSettings(BrokerAccess):
     client_id: str = "stadtpuls-ingest"
     protocol: Literal["5", "3.1.1"] = "5"
-    username: str | None = None
-    password: str | None = None
     keepalive: timedelta = timedelta(seconds=30)
     # How long the broker keeps the session (and queues QoS 1 messages) while we are away.
     session_expiry: timedelta = timedelta(days=1)
@@ -53,12 +49,6 @@ class MqttSettings:
     # paho takes whole seconds here.
     reconnect_min: timedelta = timedelta(seconds=1)
     reconnect_max: timedelta = timedelta(seconds=30)
-    # TLS is on when this is set or a CA or client certificate is given; without a CA the
-    # system's trusted CAs verify the broker.
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,32 +77,21 @@ class MqttSubscriber:
         self._ack_lock = threading.Lock()
         self._connected = threading.Event()
         self._stopping = False
-        v5 = settings.protocol == "5"
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
+        self._client = new_client(
+            settings, settings.client_id, settings.protocol, keep_session=True, manual_ack=True
         )
         c = self._client
-        if settings.username is not None:
-            c.username_pw_set(settings.username, settings.password)
-        self._tls = settings.tls or settings.tls_ca is not None or settings.tls_cert is not None
-        if self._tls:
-            c.tls_set(
-                ca_certs=settings.tls_ca,
-                certfile=settings.tls_cert,
-                keyfile=settings.tls_key,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         c.reconnect_delay_set(
             max(1, round(settings.reconnect_min.total_seconds())),
             max(1, round(settings.reconnect_max.total_seconds())),
         )
-        c.on_connect = self._on_connect
+        on_connection(
+            c,
+            connected=self._on_connect,
+            refused=self._on_refused,
+            disconnected=self._on_disconnect,
+        )
         c.on_connect_fail = self._on_connect_fail
-        c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
 
@@ -148,17 +127,10 @@ class MqttSubscriber:
 
     # paho callbacks: they run on paho's network thread and must not block.
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
-            return
+    def _on_refused(self, reason: ReasonCode) -> None:
+        log.warning("broker refused the connection: %s", reason)
+
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         with self._ack_lock:
             self._generation += 1
         if not flags.session_present:
@@ -191,7 +163,7 @@ class MqttSubscriber:
             "cannot connect to the broker at %s:%d%s: %s; retrying",
             self.settings.host,
             self.settings.port,
-            " over TLS" if self._tls else "",
+            " over TLS" if self.settings.uses_tls else "",
             reason if reason is not None else "connection failed",
         )
 
@@ -215,14 +187,7 @@ class MqttSubscriber:
             if r.is_failure:
                 log.error("the broker refused a subscription: %s", r)
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_disconnect(self, reason: ReasonCode) -> None:
         with self._ack_lock:
             self._generation += 1
         self._connected.clear()

@@ -19,6 +19,7 @@ from alerts.jobs import AlertJobs
 from alerts.routing import SeverityRouter
 from alerts.state import AlertStore
 from devices.registry import Registry
+from ingest.secrets import plain_settings
 from ingest.stores.base import ReadingSource
 from stadtpuls.settings import Settings
 
@@ -39,17 +40,7 @@ class Alerting:
         self.readings = readings
         self.config = cfg
         self.store = AlertStore(settings.alerts_db_path)
-        m = settings.mqtt
-        broker = ServiceBroker(
-            m.host,
-            m.port,
-            m.username,
-            None if m.password is None else m.password.get_secret_value(),
-            m.tls,
-            None if m.tls_ca is None else str(m.tls_ca),
-            None if m.tls_cert is None else str(m.tls_cert),
-            None if m.tls_key is None else str(m.tls_key),
-        )
+        broker = plain_settings(ServiceBroker, settings.mqtt)
         context = ChannelContext(settings.topic_prefix, broker)
         channels = [c.build(context) for c in cfg.channels]
         self.dispatcher = Dispatcher(channels, self.store.record_delivery)

@@ -19,6 +19,7 @@ from devices.publisher import publish
 from devices.registry import Registry, load_registry
 from devices.simulator import Simulator
 from devices.topics import TopicScheme
+from devices.vocabulary import SiteKind
 from stadtpuls.broker import free_port, start_embedded_broker
 from stadtpuls.service import Service
 from stadtpuls.settings import load_settings
@@ -58,17 +59,53 @@ def _send_bad(host: str, port: int, protocol: str) -> None:
 
 
 def _per_site(db: Path, registry: Registry) -> dict[str, int]:
+    """Readings in the database per site of the registry (0 for a site without any, and
+    for every site while there is no database yet)."""
+    counts = dict.fromkeys(registry.sites, 0)
+    if not db.exists():
+        return counts
     conn = sqlite3.connect(db)
     try:
         rows = conn.execute(
             "SELECT s.site, count(*) FROM readings r JOIN series s ON s.id = r.series_id "
             "GROUP BY s.site"
         ).fetchall()
+    except sqlite3.OperationalError:  # a data directory whose tables are not there yet
+        rows = []
     finally:
         conn.close()
-    counts = dict.fromkeys(registry.sites, 0)
-    counts.update({site: int(n) for site, n in rows})
+    counts.update({site: int(n) for site, n in rows if site in counts})
     return counts
+
+
+def summary(before: dict[str, int], after: dict[str, int], quarantined: int, db: Path) -> list[str]:
+    """The closing count: what this run added to the database, per site, and what the
+    data directory holds in all. Both come from the database, so the per-site lines add
+    up to the total (a rewrite of a reading already stored, after a redelivery, adds
+    nothing)."""
+    added = {site: after[site] - before.get(site, 0) for site in after}
+    new = sum(added.values())
+    lines = [
+        f"This run: {new} new readings stored, {quarantined} messages quarantined. "
+        "New readings per site:"
+    ]
+    lines += [f"  {site:<28} {n:>8} readings" for site, n in added.items()]
+    total = sum(after.values())
+    earlier = f", {total - new} of them from earlier runs" if total > new else ""
+    lines.append(f"In all:    {db} holds {total} readings{earlier}.")
+    return lines
+
+
+def students_lines(url: str, config_path: Path, registry: Registry) -> list[str]:
+    """Where the students' page is and how a teacher gets it a read token."""
+    school = next((s.id for s in registry.sites.values() if s.kind == SiteKind.SCHOOL), None)
+    if school is None:
+        return []
+    return [
+        f"Students:  {url}/students (while the demo runs) with a read token; to get one:",
+        f"           stadtpuls tokens create --config {config_path} --site {school}",
+        "           prints the token once and the page's address with it",
+    ]
 
 
 def run_demo(
@@ -115,6 +152,8 @@ def run_demo(
             encoding="utf-8",
         )
         settings = load_settings(config_path)
+        # What the data directory held before: the closing count is what this run added.
+        before = _per_site(settings.database_path, registry)
         service = Service(settings, registry)
         service.start()
         service.subscriber.wait_connected(10)
@@ -148,7 +187,12 @@ def run_demo(
         url = f"http://127.0.0.1:{service.http.port}"
         started = time.monotonic()
         print(f"Stadtpuls demo: broker {broker.host}:{broker.port}, web {url}, data {data_dir}")
-        print("Ctrl-C stops it." if duration is None else f"Running for {duration:g} s.")
+        if duration is None:
+            print("Ctrl-C stops it.")
+            for line in students_lines(url, config_path, registry):
+                print(line)
+        else:
+            print(f"Running for {duration:g} s.")
         while not stop.wait(1.0):
             st = service.status()
             line = (
@@ -170,20 +214,21 @@ def run_demo(
         st = service.status()
         per_site = _per_site(settings.database_path, registry)
         print()
-        print(f"Stored {st.stored} readings; quarantined {st.rejected} messages.")
-        for site, n in per_site.items():
-            print(f"  {site:<28} {n:>8} readings")
+        for line in summary(before, per_site, st.rejected, settings.database_path):
+            print(line)
         print(f"Data:      {settings.database_path}")
         print(f"Web:       {url}/healthz  {url}/readyz  {url}/metrics (while running)")
+        for line in students_lines(url, config_path, registry):
+            print(line)
         print(f"Config:    {config_path}")
         print(
             f"Export:    stadtpuls export --config {config_path} "
             f"--site {next(iter(registry.sites))} --start <ISO time> --end <ISO time>"
         )
         print(f"Quarantine: stadtpuls quarantine list --config {config_path}")
-        missing = [s for s, n in per_site.items() if n == 0]
+        missing = [s for s, n in per_site.items() if n == before[s]]
         if missing:
-            print(f"warning: no readings from {', '.join(missing)}", file=sys.stderr)
+            print(f"warning: no new readings from {', '.join(missing)}", file=sys.stderr)
             return 1
         return 0
     finally:

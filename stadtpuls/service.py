@@ -23,6 +23,7 @@ from ingest.anomaly import Detectors
 from ingest.batch import ReadingBatch
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, Pipeline
+from ingest.secrets import plain_settings
 from ingest.stores.base import ReadingSource, Store, WriteStats
 from ingest.stores.flux import FluxSource
 from ingest.stores.influx import InfluxSettings, InfluxStore
@@ -30,7 +31,7 @@ from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from ingest.subscriber import MqttSettings, MqttSubscriber
 from stadtpuls.alerting import Alerting
-from stadtpuls.settings import Settings
+from stadtpuls.settings import Settings, config_warnings
 from stadtpuls.web import HttpServer, build_app
 from stadtpuls.workers import worker_share
 
@@ -38,14 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
-    lim = settings.limits
-    return DecodeLimits(
-        max_payload_bytes=lim.max_payload_bytes,
-        max_records=lim.max_records,
-        max_samples=lim.max_samples,
-        max_future_skew=lim.max_future_skew,
-        backfill_horizon=lim.backfill_horizon,
-    )
+    return plain_settings(DecodeLimits, settings.limits)
 
 
 def build_decoder(settings: Settings, registry: Registry) -> Decoder:
@@ -55,14 +49,7 @@ def build_decoder(settings: Settings, registry: Registry) -> Decoder:
 def influx_settings(settings: Settings) -> InfluxSettings:
     i = settings.influxdb
     assert i.token is not None  # the settings refuse an influxdb backend without a token
-    return InfluxSettings(
-        url=i.url,
-        org=i.org,
-        bucket=i.bucket,
-        token=i.token.get_secret_value(),
-        timeout=i.timeout,
-        chunk_size=i.chunk_size,
-    )
+    return plain_settings(InfluxSettings, i)
 
 
 def build_store(settings: Settings, registry: Registry) -> Store:
@@ -88,22 +75,7 @@ def export_caps(settings: Settings) -> ExportCaps:
 
 
 def mqtt_settings(settings: Settings) -> MqttSettings:
-    m = settings.mqtt
-    return MqttSettings(
-        host=m.host,
-        port=m.port,
-        client_id=m.client_id,
-        protocol=m.protocol,
-        username=m.username,
-        password=None if m.password is None else m.password.get_secret_value(),
-        keepalive=m.keepalive,
-        session_expiry=m.session_expiry,
-        receive_maximum=m.receive_maximum,
-        tls=m.tls,
-        tls_ca=None if m.tls_ca is None else str(m.tls_ca),
-        tls_cert=None if m.tls_cert is None else str(m.tls_cert),
-        tls_key=None if m.tls_key is None else str(m.tls_key),
-    )
+    return plain_settings(MqttSettings, settings.mqtt)
 
 
 class _StateSaver:
@@ -162,6 +134,11 @@ class Service:
         self, settings: Settings, registry: Registry, listeners: Sequence[BatchListener] = ()
     ) -> None:
         self.settings = settings
+        # Settings that work but are probably not what was meant (alerts with no channel):
+        # logged here, and listed by /readyz without making the service unready.
+        self.warnings = config_warnings(settings)
+        for warning in self.warnings:
+            log.warning("%s", warning)
         # One of several workers runs its whole pipeline over its own sites only.
         self.share = worker_share(settings, registry)
         full_registry, registry = registry, self.share.registry
@@ -224,6 +201,7 @@ class Service:
             export_api.routes(),  # checks the students' read tokens itself
             admin_routes=[] if self.alerting is None else self.alerting.routes(),
             admin_token=None if admin_token is None else admin_token.get_secret_value(),
+            warnings=self.warnings,
         )
         self.http = HttpServer(app, settings.http.host, settings.http.port)
 

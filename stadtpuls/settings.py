@@ -9,17 +9,19 @@ placeholder secret refuses start-up.
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -27,8 +29,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from devices.registry import Duration
+from alerts.config import registry_problems
+from devices.registry import Duration, Registry
 from devices.topics import TopicScheme
+from devices.yamlfile import LoadedYaml, YamlFileError, key_path, load_yaml
 from ingest.secrets import read_secret
 from stadtpuls.alert_settings import CHANNEL_FILE_KEYS, AlertsSection
 
@@ -258,6 +262,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    # The file the settings came from, with the line of each key, for messages that point
+    # at a key (``where``); None for settings made without a file.
+    _origin: LoadedYaml | None = PrivateAttr(default=None)
+
+    def where(self, loc: Sequence[str | int]) -> str:
+        """Where the value at ``loc`` (a key path such as ``("alerts", "thresholds", 0)``)
+        was given: ``file:line``, or the environment variable that set it."""
+        return _where(self._origin, loc)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -317,24 +330,77 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _environment_name(loc: Sequence[str | int]) -> str | None:
+    """The ``STADTPULS_*`` variable that set the value at ``loc`` (or a section above it)."""
+    names = {name.upper() for name in os.environ}
+    for n in range(len(loc), 0, -1):
+        parts = loc[:n]
+        if all(isinstance(p, str) for p in parts):
+            name = "STADTPULS_" + "__".join(str(p).upper() for p in parts)
+            if name in names:
+                return name
+    return None
+
+
+def _where(origin: LoadedYaml | None, loc: Sequence[str | int]) -> str:
+    env = _environment_name(loc)
+    if env is not None:
+        return env
+    if origin is None:
+        return "defaults"
+    # A problem with the settings as a whole has no line of its own.
+    return origin.where(loc) if loc else origin.source
+
+
 def load_settings(path: Path | None, **overrides: Any) -> Settings:
     data: dict[str, Any] = {}
-    source = "defaults"
+    origin: LoadedYaml | None = None
     if path is not None:
-        source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the configuration must be a mapping")
-        data = _resolve(path.resolve().parent, loaded or {})
+            origin = load_yaml(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the settings: {exc}") from exc
+        except YamlFileError as exc:
+            raise ConfigError(str(exc)) from None
+        if origin.data is not None and not isinstance(origin.data, dict):
+            raise ConfigError(f"{path}:1: the configuration must be a mapping")
+        data = _resolve(path.resolve().parent, origin.data or {})
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
-        lines = [
-            f"{source}: {'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}"
-            for e in exc.errors()
-        ]
+        lines = []
+        for e in exc.errors():
+            loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+            key = key_path(loc) if loc else "(settings)"
+            lines.append(f"{_where(origin, loc)}: {key}: {e['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    settings._origin = origin
+    return settings
+
+
+def check_against_registry(settings: Settings, registry: Registry) -> None:
+    """Refuse settings that name what the registry does not have (a threshold rule's
+    measurement, site or device, a device in ``alerts.silence.devices``): they would
+    never match anything. Raises ``ConfigError`` with file, line and a did-you-mean."""
+    problems = registry_problems(settings.alerts, registry)
+    if problems:
+        raise ConfigError(
+            "\n".join(
+                f"{settings.where(('alerts', *loc))}: {key_path(('alerts', *loc))}: {message}"
+                for loc, message in problems
+            )
+        )
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that work but are probably not what was meant: said at start-up, in
+    ``/readyz`` and by ``check-config``."""
+    warnings = []
+    if settings.alerts.enabled and not settings.alerts.channels:
+        warnings.append(
+            "alerts.enabled is on but alerts.channels is empty: alerts are recorded "
+            "(stadtpuls alerts list, GET /api/v1/alerts) but sent nowhere; add a channel "
+            "under alerts.channels, or set alerts.enabled: false"
+        )
+    return warnings

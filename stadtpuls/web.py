@@ -78,9 +78,12 @@ def build_app(
     *,
     admin_routes: Sequence[BaseRoute] = (),
     admin_token: str | None = None,
+    warnings: Sequence[str] = (),
 ) -> Starlette:
     """Without ``admin_token`` every route is open, which the settings allow only on a
-    loopback address; with it, ``/metrics`` and ``admin_routes`` need the token."""
+    loopback address; with it, ``/metrics`` and ``admin_routes`` need the token.
+    ``warnings`` (settings that work but are probably not what was meant) are listed by
+    ``/readyz`` and do not make the service unready."""
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -88,7 +91,10 @@ def build_app(
     async def readyz(request: Request) -> Response:
         checks = readiness()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, object] = {"ready": ok, "checks": checks}
+        if warnings:
+            body["warnings"] = list(warnings)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         before_scrape()

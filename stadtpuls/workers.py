@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class WorkerShare:
     registry: Registry  # only this worker's sites, series numbered from 0
     subscriptions: list[str]
-    # Filters of the other workers' sites and the unpartitioned wildcards: a session kept
-    # from before a change of the worker count may still hold them.
+    # Filters of the other workers' sites, the unpartitioned wildcards and the filters of
+    # earlier versions: a session kept from before a change of the worker count, or of
+    # the filters, may still hold them.
     unsubscriptions: list[str]
     client_id: str
 
@@ -34,7 +35,12 @@ def worker_share(settings: Settings, registry: Registry) -> WorkerShare:
     w = settings.worker
     topics = TopicScheme(settings.topic_prefix)
     if w.count == 1:
-        return WorkerShare(registry, topics.subscriptions(), [], settings.mqtt.client_id)
+        return WorkerShare(
+            registry,
+            topics.subscriptions(),
+            topics.former_subscriptions(()),
+            settings.mqtt.client_id,
+        )
     mine = owned_sites(registry, w.index, w.count)
     others = [site for site in registry.sites if site not in set(mine)]
     if mine:
@@ -46,6 +52,12 @@ def worker_share(settings: Settings, registry: Registry) -> WorkerShare:
     return WorkerShare(
         registry=restrict(registry, mine),
         subscriptions=topics.site_subscriptions(mine),
-        unsubscriptions=[*topics.site_subscriptions(others), *topics.subscriptions()],
+        # Topics of no registered site reach no worker: only a catch-all filter would
+        # deliver them, and it would deliver every other worker's sites too.
+        unsubscriptions=[
+            *topics.site_subscriptions(others),
+            *topics.subscriptions(),
+            *topics.former_subscriptions(registry.sites),
+        ],
         client_id=f"{settings.mqtt.client_id}-{w.index}",
     )

@@ -33,21 +33,15 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from alerts.channels._http import build_opener, check_http_url, post, status_error
-from alerts.channels.base import (
-    ChannelContext,
-    ChannelSettings,
-    path_str,
-    plain,
-    register_channel,
-)
+from alerts.channels.base import ChannelContext, ChannelSettings, register_channel
 from alerts.model import Alert, Event, Notification
 from devices.registry import Duration
-from ingest.secrets import read_secret
+from ingest.secrets import plain_settings
 
 __all__ = [
     "AlertmanagerChannel",
@@ -209,24 +203,7 @@ class AlertmanagerChannelModel(ChannelSettings):
     ca_file: Path | None = None
     timeout: Duration = timedelta(seconds=10)
 
-    @model_validator(mode="after")
-    def _secret(self) -> Self:
-        self.password = read_secret(self.password, self.password_file, f"{self.name}.password")
-        self.bearer_token = read_secret(
-            self.bearer_token, self.bearer_token_file, f"{self.name}.bearer_token"
-        )
-        return self
+    secret_keys = ("password", "bearer_token")
 
     def build(self, context: ChannelContext) -> AlertmanagerChannel:
-        return AlertmanagerChannel(
-            self.name,
-            AlertmanagerSettings(
-                url=self.url,
-                external_url=self.external_url,
-                username=self.username,
-                password=plain(self.password),
-                bearer_token=plain(self.bearer_token),
-                ca_file=path_str(self.ca_file),
-                timeout=self.timeout,
-            ),
-        )
+        return AlertmanagerChannel(self.name, plain_settings(AlertmanagerSettings, self))

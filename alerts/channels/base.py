@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar, get_args
+from typing import ClassVar, Protocol, Self, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from alerts.model import Notification, Severity
+from devices.mqtt_client import BrokerAccess
+from ingest.secrets import read_secret
 
 
 class DeliveryError(Exception):
@@ -40,19 +42,9 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceBroker:
-    """The service's own broker connection, which an MQTT channel without a host of its
-    own shares: the same host, port, account and TLS."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+# The service's own broker connection, which an MQTT channel without a host of its own
+# shares: the same host, port, account and TLS.
+ServiceBroker = BrokerAccess
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +65,24 @@ class ChannelSettings(BaseModel, ABC):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Only alerts of this severity or above go to the channel; digests go to all.
     min_severity: Severity = Severity.INFO
+
+    # The keys that hold a secret: each is given as ``<key>`` or read from the file
+    # ``<key>_file`` names, and is never empty or a placeholder ...
+    secret_keys: ClassVar[tuple[str, ...]] = ()
+    # ... and those of them the channel cannot work without.
+    required_secret_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _read_secrets(self) -> Self:
+        for key in self.secret_keys:
+            value = read_secret(
+                getattr(self, key), getattr(self, f"{key}_file"), f"{self.name}.{key}"
+            )
+            if value is None and key in self.required_secret_keys:
+                kind = getattr(self, "type", "")
+                raise ValueError(f"{kind} channel {self.name} needs a {key} (or {key}_file)")
+            setattr(self, key, value)
+        return self
 
     @abstractmethod
     def build(self, context: ChannelContext) -> Channel:

@@ -22,22 +22,15 @@ from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
-from alerts.channels.base import (
-    ChannelContext,
-    ChannelSettings,
-    DeliveryError,
-    path_str,
-    plain,
-    register_channel,
-)
+from alerts.channels.base import ChannelContext, ChannelSettings, DeliveryError, register_channel
 from alerts.model import SEVERITY_RANK, Alert, Event, Notification
 from devices.registry import Duration
-from ingest.secrets import read_secret
+from ingest.secrets import plain_settings
 
 __all__ = ["EmailChannel", "EmailChannelModel", "EmailSettings", "render_message"]
 
@@ -333,24 +326,7 @@ class EmailChannelModel(ChannelSettings):
     timeout: Duration = timedelta(seconds=15)
     timezone: str = "Europe/Berlin"
 
-    @model_validator(mode="after")
-    def _secret(self) -> Self:
-        self.password = read_secret(self.password, self.password_file, f"{self.name}.password")
-        return self
+    secret_keys = ("password",)
 
     def build(self, context: ChannelContext) -> EmailChannel:
-        return EmailChannel(
-            self.name,
-            EmailSettings(
-                host=self.host,
-                port=self.port,
-                security=self.security,
-                username=self.username,
-                password=plain(self.password),
-                sender=self.sender,
-                recipients=tuple(self.recipients),
-                ca_file=path_str(self.ca_file),
-                timeout=self.timeout,
-                timezone=self.timezone,
-            ),
-        )
+        return EmailChannel(self.name, plain_settings(EmailSettings, self))

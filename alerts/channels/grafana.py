@@ -16,23 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import niquests
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException, TokenAuth
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
-from alerts.channels.base import (
-    ChannelContext,
-    ChannelSettings,
-    DeliveryError,
-    plain,
-    register_channel,
-)
+from alerts.channels.base import ChannelContext, ChannelSettings, DeliveryError, register_channel
 from alerts.model import Alert, Event, Notification
 from devices.registry import Duration
-from ingest.secrets import read_secret
+from ingest.secrets import plain_settings
 
 TAG = "stadtpuls-alert"
 
@@ -142,16 +136,7 @@ class GrafanaChannelModel(ChannelSettings):
     token_file: Path | None = None
     timeout: Duration = timedelta(seconds=10)
 
-    @model_validator(mode="after")
-    def _secret(self) -> Self:
-        self.token = read_secret(self.token, self.token_file, f"{self.name}.token")
-        if self.token is None:
-            raise ValueError(f"grafana channel {self.name} needs a token (or token_file)")
-        return self
+    secret_keys = required_secret_keys = ("token",)
 
     def build(self, context: ChannelContext) -> GrafanaAnnotationChannel:
-        token = plain(self.token)
-        assert token is not None  # the model refuses a grafana channel without one
-        return GrafanaAnnotationChannel(
-            self.name, GrafanaSettings(url=self.url, token=token, timeout=self.timeout)
-        )
+        return GrafanaAnnotationChannel(self.name, plain_settings(GrafanaSettings, self))

@@ -14,19 +14,17 @@ subscriber twice; the alert id, event and time in the body tell the copies apart
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from alerts.channels.base import (
     ChannelContext,
@@ -38,8 +36,9 @@ from alerts.channels.base import (
     register_channel,
 )
 from alerts.model import Notification
+from devices.mqtt_client import BrokerAccess, new_client, on_connection
 from devices.registry import Duration
-from ingest.secrets import read_secret
+from ingest.secrets import plain_settings
 
 __all__ = ["MqttChannel", "MqttChannelModel", "MqttChannelSettings", "alert_topic"]
 
@@ -51,17 +50,9 @@ _TOPIC_UNSAFE = frozenset("+#/\0")
 
 
 @dataclass(frozen=True, slots=True)
-class MqttChannelSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
+class MqttChannelSettings(BrokerAccess):
     client_id: str = "stadtpuls-alerts"  # must differ from the ingest subscriber's
     protocol: Literal["5", "3.1.1"] = "5"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False  # also on when a CA or client certificate is given
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
     timeout: timedelta = timedelta(seconds=5)  # to connect, and for each PUBACK
     topic_prefix: str = "stadtpuls"
     keepalive: timedelta = timedelta(seconds=30)
@@ -92,29 +83,18 @@ class MqttChannel:
         self._connected = threading.Event()
         self._refused_lock = threading.Lock()
         self._refused: dict[int, ReasonCode] = {}  # mid -> failing PUBACK reason (MQTT 5)
-        v5 = settings.protocol == "5"
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            # Nothing is subscribed, and an unacknowledged alert is retried by the
-            # dispatcher, so there is no session worth keeping.
-            clean_session=None if v5 else True,
-        )
+        # Nothing is subscribed, and an unacknowledged alert is retried by the dispatcher,
+        # so there is no session worth keeping.
+        self._client = new_client(settings, settings.client_id, settings.protocol)
         c = self._client
-        if settings.username is not None:
-            c.username_pw_set(settings.username, settings.password)
-        if settings.tls or settings.tls_ca is not None or settings.tls_cert is not None:
-            c.tls_set(
-                ca_certs=settings.tls_ca,
-                certfile=settings.tls_cert,
-                keyfile=settings.tls_key,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         c.reconnect_delay_set(1, 30)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
+        on_connection(
+            c,
+            connected=self._on_connect,
+            refused=self._on_refused,
+            disconnected=self._on_disconnect,
+            published=self._on_publish,
+        )
         c.connect_async(
             settings.host, settings.port, keepalive=int(settings.keepalive.total_seconds())
         )
@@ -160,40 +140,19 @@ class MqttChannel:
 
     # paho callbacks: they run on paho's network thread and must not block.
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            log.warning(
-                "MQTT broker refused the alert channel %s: %s", self.name, reason,
-                extra={"channel": self.name},
-            )  # fmt: skip
-            return
+    def _on_connect(self, client: mqtt.Client, flags: mqtt.ConnectFlags) -> None:
         self._connected.set()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_refused(self, reason: ReasonCode) -> None:
+        log.warning(
+            "MQTT broker refused the alert channel %s: %s", self.name, reason,
+            extra={"channel": self.name},
+        )  # fmt: skip
+
+    def _on_disconnect(self, reason: ReasonCode) -> None:
         self._connected.clear()
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_publish(self, mid: int, reason: ReasonCode) -> None:
         # Only failures are kept, so a PUBACK that comes after its send gave up leaves
         # nothing behind in the common case.
         if reason.is_failure:
@@ -218,10 +177,7 @@ class MqttChannelModel(ChannelSettings):
     tls_key: Path | None = None
     timeout: Duration = timedelta(seconds=5)
 
-    @model_validator(mode="after")
-    def _secret(self) -> Self:
-        self.password = read_secret(self.password, self.password_file, f"{self.name}.password")
-        return self
+    secret_keys = ("password",)
 
     def build(self, context: ChannelContext) -> MqttChannel:
         """Without a host of its own, the channel shares the service's broker connection."""
@@ -241,16 +197,11 @@ class MqttChannelModel(ChannelSettings):
                 topic_prefix=context.topic_prefix,
             )
         else:
-            settings = MqttChannelSettings(
+            settings = plain_settings(
+                MqttChannelSettings,
+                self,
                 host=self.host,
                 port=self.port or 1883,
-                client_id=self.client_id,
-                username=self.username,
-                password=plain(self.password),
-                tls_ca=path_str(self.tls_ca),
-                tls_cert=path_str(self.tls_cert),
-                tls_key=path_str(self.tls_key),
-                timeout=self.timeout,
                 topic_prefix=context.topic_prefix,
             )
         return MqttChannel(self.name, settings)

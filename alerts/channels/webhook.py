@@ -19,22 +19,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from alerts.channels._http import build_opener, check_http_url, post, status_error
-from alerts.channels.base import (
-    ChannelContext,
-    ChannelSettings,
-    json_body,
-    path_str,
-    plain,
-    register_channel,
-)
+from alerts.channels.base import ChannelContext, ChannelSettings, json_body, register_channel
 from alerts.model import Notification
 from devices.registry import Duration
-from ingest.secrets import read_secret
+from ingest.secrets import plain_settings
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -126,19 +119,8 @@ class WebhookChannelModel(ChannelSettings):
     timeout: Duration = timedelta(seconds=10)
     ca_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _secret(self) -> Self:
-        self.secret = read_secret(self.secret, self.secret_file, f"{self.name}.secret")
-        if self.secret is None:
-            raise ValueError(f"webhook {self.name} needs a secret (or secret_file) to sign with")
-        return self
+    # Every request is signed with the secret: a webhook cannot work without one.
+    secret_keys = required_secret_keys = ("secret",)
 
     def build(self, context: ChannelContext) -> WebhookChannel:
-        secret = plain(self.secret)
-        assert secret is not None  # the model refuses a webhook without one
-        return WebhookChannel(
-            self.name,
-            WebhookSettings(
-                url=self.url, secret=secret, timeout=self.timeout, ca_file=path_str(self.ca_file)
-            ),
-        )
+        return WebhookChannel(self.name, plain_settings(WebhookSettings, self))

@@ -101,11 +101,14 @@ def flux(
     fields: Sequence[str] = ("value",),
     extra: Iterable[str] = (),
     window: bool = True,
+    fn: str = "mean",
 ) -> str:
     """A Flux query over the storage schema (README, "InfluxDB schema").
 
     ``site`` is a literal id or a template variable; ``device`` a regex over device ids
-    (a multi-value variable formatted ``:regex``) or ``None`` for every device.
+    (a multi-value variable formatted ``:regex``) or ``None`` for every device. With
+    ``window``, each window of ``v.windowPeriod`` gives one point: its ``fn`` (``mean``,
+    ``min``, ``max``).
     """
     meas = " or ".join(f'r._measurement == "{m}"' for m in measurements)
     field_filter = " or ".join(f'r._field == "{f}"' for f in fields)
@@ -123,7 +126,7 @@ def flux(
     if window:
         # Grafana asks for about one point per pixel; a 100 Hz load test would otherwise
         # send millions of points to the browser.
-        lines.append("  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)")
+        lines.append(f"  |> aggregateWindow(every: v.windowPeriod, fn: {fn}, createEmpty: false)")
     lines.extend(f"  {step}" for step in extra)
     return "\n".join(lines)
 
@@ -189,18 +192,59 @@ def timeseries(
     }
 
 
-def anomaly_marks(ref: str) -> Json:
-    """Shows query ``ref`` (the flagged readings) as red points over the line."""
+def flagged_bars(ref: str) -> Json:
+    """Shows query ``ref`` (flagged readings counted per window) as red bars on an axis of
+    their own at the right, so counts and values never share a scale."""
     return {
         "matcher": {"id": "byFrameRefID", "options": ref},
         "properties": [
-            {"id": "custom.drawStyle", "value": "points"},
-            {"id": "custom.pointSize", "value": 9},
-            {"id": "custom.showPoints", "value": "always"},
+            {"id": "custom.drawStyle", "value": "bars"},
+            {"id": "custom.fillOpacity", "value": 60},
+            {"id": "custom.lineWidth", "value": 0},
+            {"id": "custom.axisPlacement", "value": "right"},
+            {"id": "custom.axisLabel", "value": "flagged per window"},
+            {"id": "custom.axisSoftMin", "value": 0},
+            {"id": "custom.thresholdsStyle", "value": {"mode": "off"}},
+            {"id": "unit", "value": "short"},
+            {"id": "decimals", "value": 0},
             {"id": "color", "value": {"fixedColor": "red", "mode": "fixed"}},
-            {"id": "displayName", "value": "anomaly"},
+            {"id": "displayName", "value": "flagged readings"},
         ],
     }
+
+
+ENVELOPE_MIN, ENVELOPE_MAX = "min", "max"
+
+
+def envelope(mean_ref: str = "A") -> list[Json]:
+    """Overrides drawing a series' min and max per window (queries ``min`` and ``max``)
+    as a shaded band, with its mean (``mean_ref``) as the line through it: a peak inside
+    a window shows in the band however far the view is zoomed out."""
+
+    def look(ref: str, name: str, extra: list[Json]) -> Json:
+        return {
+            "matcher": {"id": "byFrameRefID", "options": ref},
+            "properties": [
+                {"id": "displayName", "value": name},
+                {"id": "color", "value": {"fixedColor": "blue", "mode": "fixed"}},
+                *extra,
+            ],
+        }
+
+    edge = [{"id": "custom.lineWidth", "value": 1}]
+    return [
+        look(mean_ref, "mean", [{"id": "custom.lineWidth", "value": 2}]),
+        look(ENVELOPE_MIN, "min", edge),
+        look(
+            ENVELOPE_MAX,
+            "max",
+            [
+                *edge,
+                {"id": "custom.fillBelowTo", "value": "min"},
+                {"id": "custom.fillOpacity", "value": 20},
+            ],
+        ),
+    ]
 
 
 def stat(title: str, targets: list[Json], unit: str, thresholds: Json, **options: Any) -> Json:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dashboards.grafana.panels import (
+    ENVELOPE_MAX,
+    ENVELOPE_MIN,
     UNITS,
     Grid,
     Json,
     alert_annotation,
-    anomaly_marks,
     custom_variable,
     dashboard,
     dashboard_uid,
+    envelope,
+    flagged_bars,
     flux,
     stat,
     status_colors,
@@ -23,6 +26,7 @@ from dashboards.grafana.panels import (
 )
 from devices.registry import Series, Site
 from devices.vocabulary import VOCABULARY, SiteKind
+from ingest.batch import AnomalyFlag
 
 # UBA guidance on classroom CO2 (DOMAIN.md): below 1000 ppm harmless, 1000-2000 air the
 # room, above 2000 unacceptable. A device's warn/alarm in the registry wins.
@@ -39,11 +43,11 @@ _SCHOOL_BANDS: dict[str, Json] = {
     "pm2_5": steps((None, "green"), (15.0, "orange")),
     "pm10": steps((None, "green"), (45.0, "orange")),
 }
-_BRIDGE_TITLES = {
-    "temperature": "Temperature",
-    "inclination": "Inclination",
-    "crack_width": "Crack width",
-}
+# Structure measurements drawn one panel per series with their envelope (min and max per
+# window around the mean), as strain is: a peak must not be averaged away.
+_ENVELOPE_TITLES = {"inclination": "Inclination", "crack_width": "Crack width"}
+# Structure measurements drawn as one mean line per device.
+_BRIDGE_TITLES = {"temperature": "Temperature"}
 _SCHOOL_TITLES = {
     "temperature": "Temperature",
     "humidity": "Relative humidity",
@@ -54,20 +58,26 @@ _SCHOOL_TITLES = {
 }
 
 
+# A reading whose only flag is ``gap`` says a silence ended, not that the value is odd; a
+# school's gateway makes them by the hundred. They are left out of the flagged counts.
+GAP_ONLY = int(AnomalyFlag.GAP)
+
+
 def flagged_query(bucket: str, measurement: str, *, device: str, channel: str | None) -> str:
-    """The readings of a series that carry any anomaly flag, at their value."""
+    """How many readings of the series (of the selected devices) carry an anomaly flag
+    other than ``gap`` alone, per window of ``v.windowPeriod``: one point per window
+    however long the range, never one row per flagged reading."""
     return flux(
         bucket,
         measurements=[measurement],
         device=device,
         channel=channel,
-        fields=("value", "anomaly"),
+        fields=("anomaly",),
         window=False,
         extra=[
-            '|> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")',
-            "|> filter(fn: (r) => r.anomaly != 0)",
-            '|> map(fn: (r) => ({r with _value: r.value, _field: "anomaly"}))',
-            '|> drop(columns: ["value", "anomaly"])',
+            f"|> filter(fn: (r) => r._value != 0 and r._value != {GAP_ONLY})",
+            '|> group(columns: ["_measurement", "_field"])',
+            "|> aggregateWindow(every: v.windowPeriod, fn: count, createEmpty: false)",
         ],
     )
 
@@ -80,10 +90,40 @@ def _measurement_panel(bucket: str, name: str, title: str, unit: str, bands: Jso
             target(flagged_query(bucket, name, device="${device:regex}", channel=None), "B"),
         ],
         UNITS[unit],
-        description=f"{name} of the selected devices, in {unit}; red points carry a flag",
+        description=f"{name} of the selected devices, in {unit}, mean per window; red bars "
+        "count the flagged readings per window (a gap alone is not counted)",
         thresholds=bands,
         threshold_style="area" if bands else "off",
-        overrides=[anomaly_marks("B")],
+        overrides=[flagged_bars("B")],
+    )
+
+
+def _envelope_panel(bucket: str, s: Series, title: str, what: str) -> Json:
+    """One series: its min and max per window as a band around the mean, lines at 0.8
+    and 1.0 of its limit if the registry gives one, and the flagged readings counted per
+    window. A lorry's peak over the limit stays visible at any zoom."""
+    device, channel = s.key.device, s.key.channel or None
+
+    def query(fn: str) -> str:
+        return flux(bucket, measurements=[s.key.measurement], device=device, channel=channel,
+                    fn=fn)  # fmt: skip
+
+    limit = "" if s.limit is None else f", limit ±{s.limit:g} {s.unit}"
+    lines = "; lines at 0.8 and 1.0 of the limit" if s.limit is not None else ""
+    return timeseries(
+        title,
+        [
+            target(query("mean")),
+            target(flagged_query(bucket, s.key.measurement, device=device, channel=channel), "B"),
+            target(query("min"), ENVELOPE_MIN),
+            target(query("max"), ENVELOPE_MAX),
+        ],
+        UNITS[s.unit],
+        description=f"{what}{limit}: the band is the min and max per window, the line its "
+        f"mean{lines}; red bars count the flagged readings per window",
+        thresholds=_limit_steps(s.limit),
+        threshold_style="line" if s.limit is not None else "off",
+        overrides=[*envelope("A"), flagged_bars("B")],
     )
 
 
@@ -166,31 +206,9 @@ def bridge_dashboard(site: Site, bucket: str) -> Json:
     if strain:
         grid.row("Strain per gauge")
         for s in strain:
-            limit = "" if s.limit is None else f", limit ±{s.limit:g} µε"
             grid.add(
-                timeseries(
-                    f"Strain {s.key.device}/{s.key.channel or '-'}",
-                    [
-                        target(
-                            flux(
-                                bucket,
-                                measurements=["strain"],
-                                device=s.key.device,
-                                channel=s.key.channel or None,
-                            )
-                        ),
-                        target(
-                            flagged_query(
-                                bucket, "strain", device=s.key.device, channel=s.key.channel or None
-                            ),
-                            "B",
-                        ),
-                    ],
-                    UNITS["ue"],
-                    description=f"microstrain{limit}; lines at 0.8 and 1.0 of the limit",
-                    thresholds=_limit_steps(s.limit),
-                    threshold_style="line" if s.limit is not None else "off",
-                    overrides=[anomaly_marks("B")],
+                _envelope_panel(
+                    bucket, s, f"Strain {s.key.device}/{s.key.channel or '-'}", "microstrain"
                 ),
                 w=12,
                 h=8,
@@ -201,6 +219,11 @@ def bridge_dashboard(site: Site, bucket: str) -> Json:
         if name in present:
             unit = VOCABULARY[SiteKind.BRIDGE][name].unit
             grid.add(_measurement_panel(bucket, name, title, unit, None), w=8, h=8)
+    for name, title in _ENVELOPE_TITLES.items():
+        for s in _site_series(site, name):
+            where = f"{s.key.device}/{s.key.channel}" if s.key.channel else s.key.device
+            what = VOCABULARY[SiteKind.BRIDGE][name].description
+            grid.add(_envelope_panel(bucket, s, f"{title} {where}", what), w=8, h=8)
     return dashboard(
         dashboard_uid("stadtpuls-bridge", site.id),
         f"Bridge: {site.name}",
@@ -251,7 +274,7 @@ def school_dashboard(site: Site, bucket: str) -> Json:
                     "above that unacceptable (UBA)",
                     thresholds=steps((None, "green"), (warn, "yellow"), (alarm, "red")),
                     threshold_style="line+area",
-                    overrides=[anomaly_marks("B")],
+                    overrides=[flagged_bars("B")],
                 ),
                 w=12,
                 h=8,

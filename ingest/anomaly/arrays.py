@@ -39,6 +39,17 @@ def series_time_order(series: npt.NDArray[np.int32], ts: I64, n_series: int) -> 
     return order
 
 
+def series_groups(s: I64) -> tuple[I64, I64, I64]:
+    """For readings sorted by series (``s``): where each series' readings begin, how many
+    there are, and which series they belong to."""
+    n = len(s)
+    first = np.ones(n, dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, n))
+    return starts, sizes, s[starts]
+
+
 def run_heads(follows: Bool, at_start: Bool) -> I64:
     """For each element, the index of the first element of its run in this batch."""
     k = np.arange(len(follows), dtype=np.int64)

@@ -50,6 +50,22 @@ class DetectorParams:
     room_air: bool = False
 
 
+def _with_the_weather(
+    noise_floor: float, max_rate: float, drift: float, drift_fast_s: float
+) -> DetectorParams:
+    """Weather moves all temperatures and humidities of a site together: a sensor is
+    compared with the others of its site; alone, with its own slow level. In a room, a
+    sudden change of either says the air changed."""
+    return DetectorParams(
+        noise_floor=noise_floor,
+        max_rate=max_rate,
+        drift=drift,
+        drift_fast_s=drift_fast_s,
+        drift_mode="site",
+        room_air=True,
+    )
+
+
 # Defaults from DOMAIN.md. Strain: gauges resolve well under 1 microstrain; lorries add
 # tens within seconds to tens of seconds and return; a settlement is a few to tens of
 # microstrain within minutes that stays. Classroom CO2 rises about 1500 ppm in a lesson and
@@ -70,15 +86,8 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         drift_fast_s=2 * 3600.0,
         drift_mode="thermal",
     ),
-    # Weather moves all temperatures (and humidities) of a site together: a sensor is
-    # compared with the others of its site; alone, with its own slow level.
-    "temperature": DetectorParams(
-        noise_floor=0.1,
-        max_rate=0.5,
-        drift=1.2,
-        drift_fast_s=4 * 3600.0,
-        drift_mode="site",
-        room_air=True,
+    "temperature": _with_the_weather(
+        noise_floor=0.1, max_rate=0.5, drift=1.2, drift_fast_s=4 * 3600.0
     ),
     # Both follow the temperature a little: drift is judged after their own regression.
     "inclination": DetectorParams(
@@ -91,13 +100,8 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     "co2": DetectorParams(
         noise_floor=15.0, max_rate=100.0, drift=120.0, drift_fast_s=3600.0, drift_mode="night"
     ),
-    "humidity": DetectorParams(
-        noise_floor=0.5,
-        max_rate=2.0,
-        drift=3.0,
-        drift_fast_s=3 * 3600.0,
-        drift_mode="site",
-        room_air=True,
+    "humidity": _with_the_weather(
+        noise_floor=0.5, max_rate=2.0, drift=3.0, drift_fast_s=3 * 3600.0
     ),
     "pm2_5": DetectorParams(
         noise_floor=2.0, stuck_samples=30, max_rate=50.0, drift=8.0, drift_fast_s=6 * 3600.0

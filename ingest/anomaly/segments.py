@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.anomaly.arrays import F64, I64, Bool, segment_stats
+from ingest.anomaly.arrays import F64, I64, Bool, segment_stats, series_groups
 
 EPOCH_NS = 1_600_000_000 * 1_000_000_000  # keeps time / tau small in fading maxima
 _TAIL_TAU_S = 12 * 3600.0  # usual excursions: those of the last half day
@@ -150,11 +150,7 @@ class SegmentTrack:
     def advance(self, s: I64, t: I64, values: F64) -> Segments:
         """Judge ``values`` (sorted by series, then time) and take them into the state."""
         n = len(s)
-        first = np.ones(n, dtype=bool)
-        first[1:] = s[1:] != s[:-1]
-        starts = np.flatnonzero(first)
-        sizes = np.diff(np.append(starts, n))
-        uniq = s[starts]
+        starts, sizes, uniq = series_groups(s)
         inverse = np.repeat(np.arange(len(uniq)), sizes)
         rank = np.arange(n) - np.repeat(starts, sizes)
         width = self.width[uniq]
@@ -264,12 +260,7 @@ class Trail:
         span - 1 before it, and the mean of the span readings before those (NaN where the
         series has not had them). Series with a span of 1 get the value and the one before.
         Takes the values into the state."""
-        n = len(s)
-        first = np.ones(n, dtype=bool)
-        first[1:] = s[1:] != s[:-1]
-        starts = np.flatnonzero(first)
-        sizes = np.diff(np.append(starts, n))
-        uniq = s[starts]
+        _, sizes, uniq = series_groups(s)
         span = np.repeat(self.span[uniq], sizes)
         ext_len = self.held.fill[uniq] + sizes
         ext, ext_off, pos = self.held.join(uniq, sizes, values)

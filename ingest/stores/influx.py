@@ -52,12 +52,12 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from devices.registry import Series
-from ingest.batch import ReadingBatch, Receipt, Rejection
+from ingest.batch import Rejection
 from ingest.retry import Backoff, parse_retry_after
 from ingest.stores.base import ReadingQuery, StoredReading, WriteStats
 from ingest.stores.flux import FluxSource
 from ingest.stores.lineprotocol import reading_line, reading_prefix
-from ingest.stores.local import LocalDatabase, SqliteSettings
+from ingest.stores.local import LocalDatabase, LocallyCommitting, SqliteSettings
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +141,12 @@ class _Stopping(Exception):
     """Raised inside the drain when ``stop`` interrupts a backoff wait."""
 
 
-class InfluxStore:
+class InfluxStore(LocallyCommitting):
     def __init__(
         self, settings: InfluxSettings, local: SqliteSettings, series: Sequence[Series]
     ) -> None:
         self.settings = settings
-        self.db = LocalDatabase(local, series, _JOURNAL)
+        super().__init__(LocalDatabase(local, series, _JOURNAL), _INSERT)
         self.stats = WriteStats()  # the drain thread's counters
         self._flux = FluxSource(settings, series)
         self._series = self._register_prefixes(series)
@@ -185,17 +185,11 @@ class InfluxStore:
                 )
             }
 
-    # -- the durable commit ---------------------------------------------------------------
+    # -- the durable commit (``LocallyCommitting.commit``) ---------------------------------
 
-    def commit(
-        self,
-        batch: ReadingBatch,
-        rejected: Sequence[Rejection],
-        receipts: Sequence[Receipt] = (),
-    ) -> None:
-        self.db.commit(_INSERT, batch, rejected, receipts)
-        if len(batch):
-            self._change_depth(len(batch))
+    def committed(self, readings: int) -> None:
+        if readings:
+            self._change_depth(readings)
             self._wake.set()
 
     def _change_depth(self, delta: int) -> None:
@@ -207,15 +201,6 @@ class InfluxStore:
         # the dip is momentary, and the metric must never read negative.
         with self._depth_lock:
             return max(self._depth, 0)
-
-    def receipt_time(self, digest: bytes) -> int | None:
-        return self.db.receipt_time(digest)
-
-    def writable(self) -> bool:
-        return self.db.writable()
-
-    def maintain(self) -> None:
-        self.db.maintain()
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
         return self._flux.readings(query)

@@ -8,6 +8,7 @@ records become durable together, and only then are the MQTT messages acknowledge
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     replayed_ns INTEGER,
     digest BLOB NOT NULL UNIQUE,
     times INTEGER NOT NULL DEFAULT 1,
-    last_received_ns INTEGER NOT NULL
+    last_received_ns INTEGER NOT NULL,
+    records TEXT
 );
 CREATE INDEX IF NOT EXISTS quarantine_reason ON quarantine (reason);
 CREATE TABLE IF NOT EXISTS receipts (
@@ -54,6 +56,19 @@ CREATE TABLE IF NOT EXISTS receipts (
 # within the session expiry; two days covers the default of one.
 _RECEIPT_RETENTION_NS = 2 * 86400 * 1_000_000_000
 _PRUNE_EVERY_NS = 60 * 1_000_000_000
+
+
+def add_records_column(conn: sqlite3.Connection) -> None:
+    """Give a quarantine table from before records were refused one by one its
+    ``records`` column (autocommit connection)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(quarantine)")}
+    if "records" in columns:
+        return
+    try:
+        conn.execute("ALTER TABLE quarantine ADD COLUMN records TEXT")
+    except sqlite3.OperationalError as exc:  # another process added it meanwhile
+        if "duplicate column" not in str(exc):
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,7 @@ class LocalDatabase:
             busy_timeout_ms=settings.busy_timeout_ms,
         )
         self._file.conn.executescript(_SCHEMA + extra_schema)
+        add_records_column(self._file.conn)
         self.series_ids = self._register_series(series)
         self._pruned_ns = 0
 
@@ -126,13 +142,16 @@ class LocalDatabase:
     @staticmethod
     def add_rejections(cur: sqlite3.Cursor, rejected: Sequence[Rejection]) -> None:
         """Quarantine messages; the same message again (a redelivery, or a device repeating
-        itself) raises the entry's count instead of adding a row, as readings overwrite."""
+        itself) raises the entry's count instead of adding a row, as readings overwrite.
+        ``records`` is the JSON list of the refused records' positions, or NULL when nothing
+        of the message was stored."""
         if rejected:
             cur.executemany(
                 "INSERT INTO quarantine (received_ns, last_received_ns, topic, payload, reason, "
-                "detail, digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO UPDATE "
+                "detail, digest, records) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (digest) DO UPDATE "
                 "SET times = times + 1, last_received_ns = excluded.last_received_ns, "
-                "reason = excluded.reason, detail = excluded.detail",
+                "reason = excluded.reason, detail = excluded.detail, records = excluded.records",
                 [
                     (
                         r.received_ns,
@@ -142,6 +161,7 @@ class LocalDatabase:
                         r.reason,
                         r.detail,
                         message_digest(r.topic, r.payload),
+                        None if r.records is None else json.dumps(r.records),
                     )
                     for r in rejected
                 ],
@@ -196,3 +216,34 @@ class LocalDatabase:
 
     def close(self) -> None:
         self._file.close()
+
+
+class LocallyCommitting:
+    """What the stores whose durable commit is one transaction of a ``LocalDatabase`` do
+    alike: ``commit`` with the store's own statement for the readings, the receipt times,
+    the writable check and the upkeep of that database."""
+
+    def __init__(self, db: LocalDatabase, insert: str) -> None:
+        self.db = db
+        self._insert = insert  # the statement each reading row is written with
+
+    def commit(
+        self,
+        batch: ReadingBatch,
+        rejected: Sequence[Rejection],
+        receipts: Sequence[Receipt] = (),
+    ) -> None:
+        self.db.commit(self._insert, batch, rejected, receipts)
+        self.committed(len(batch))
+
+    def committed(self, readings: int) -> None:
+        """Called after each durable commit with the number of readings it stored."""
+
+    def receipt_time(self, digest: bytes) -> int | None:
+        return self.db.receipt_time(digest)
+
+    def writable(self) -> bool:
+        return self.db.writable()
+
+    def maintain(self) -> None:
+        self.db.maintain()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from devices.registry import Series
-from ingest.batch import ReadingBatch, Receipt, Rejection
 from ingest.stores.base import ReadingQuery, StoredReading
-from ingest.stores.local import LocalDatabase, SqliteSettings
+from ingest.stores.local import LocalDatabase, LocallyCommitting, SqliteSettings
 
 # WITHOUT ROWID keeps the reading key itself as the b-tree key: the upsert and the
 # per-series time-range scans of exports touch one index instead of two.
@@ -29,17 +28,9 @@ _UPSERT = (
 )
 
 
-class SqliteStore:
+class SqliteStore(LocallyCommitting):
     def __init__(self, settings: SqliteSettings, series: Sequence[Series]) -> None:
-        self.db = LocalDatabase(settings, series, _READINGS)
-
-    def commit(
-        self,
-        batch: ReadingBatch,
-        rejected: Sequence[Rejection],
-        receipts: Sequence[Receipt] = (),
-    ) -> None:
-        self.db.commit(_UPSERT, batch, rejected, receipts)
+        super().__init__(LocalDatabase(settings, series, _READINGS), _UPSERT)
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
         sql = (
@@ -72,15 +63,6 @@ class SqliteStore:
 
     def journal_depth(self) -> int:
         return 0
-
-    def receipt_time(self, digest: bytes) -> int | None:
-        return self.db.receipt_time(digest)
-
-    def writable(self) -> bool:
-        return self.db.writable()
-
-    def maintain(self) -> None:
-        self.db.maintain()
 
     @property
     def stats(self) -> None:

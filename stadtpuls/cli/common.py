@@ -3,23 +3,34 @@ option, loading the settings and the registry, time parsing, logging and the err
 
 This module imports no command module: the command modules import it, and the package
 (``stadtpuls.cli``) imports them to register their commands on the root group.
+
+``stadtpuls --help`` and every command's ``--help`` import the command modules and
+nothing else, so they answer at once: the command modules import only click and the
+standard library at module level (this module too), and each command imports what it
+needs (the settings, the registry, numpy, pyarrow, paho, the InfluxDB and Grafana
+clients) when it runs. ``tests/unit/test_cli_help.py`` holds them to it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 
-from devices.registry import Registry, RegistryError, load_registry
-from stadtpuls.settings import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from devices.registry import Registry
+    from stadtpuls.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Times for people are shown in the cities' own zone, with its abbreviation (CET, CEST).
+LOCAL_ZONE = ZoneInfo("Europe/Berlin")
 
 CONFIG_HELP = "Settings file (YAML). Environment variables STADTPULS_* override it."
 
@@ -49,10 +60,15 @@ def fail(message: str) -> NoReturn:
 
 def load(config_path: Path | None, registry_path: Path | None = None) -> tuple[Settings, Registry]:
     """The settings, and the registry they name (or the one at ``registry_path``); a
-    configuration error exits 2 with its message."""
+    configuration error, or settings naming what the registry lacks, exits 2 with its
+    message."""
+    from devices.registry import RegistryError, load_registry
+    from stadtpuls.settings import ConfigError, check_against_registry, load_settings
+
     try:
         settings = load_settings(config_path)
         registry = load_registry(registry_path or settings.registry)
+        check_against_registry(settings, registry)
     except (ConfigError, RegistryError) as exc:
         fail(str(exc))
     return settings, registry
@@ -76,3 +92,36 @@ def parse_time(value: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1_000_000) * 1000
+
+
+def local_time(value: datetime | int | None, *, seconds: bool = False) -> str:
+    """A time (an aware datetime, or nanoseconds since the epoch) as Berlin local time
+    with its zone: ``2026-11-23 09:31 CET``; ``-`` for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        value = datetime.fromtimestamp(value / 1e9, UTC)
+    return value.astimezone(LOCAL_ZONE).strftime(
+        "%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z"
+    )
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()
+) -> str:
+    """Rows as columns two spaces apart under a header, each column as wide as its widest
+    cell; the columns numbered in ``right`` are right-aligned (numbers), the last column is
+    never padded."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for r in (header, *rows):
+        cells = [
+            cell
+            if i == len(r) - 1
+            else cell.rjust(widths[i])
+            if i in right
+            else cell.ljust(widths[i])
+            for i, cell in enumerate(r)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

@@ -9,20 +9,23 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from devices.registry import is_valid_id, parse_duration
-from devices.vocabulary import SiteKind
-from export.formats import ExportFormat
-from export.query import ExportRefused, ExportRequest, Layout, Resolution, Statistic
-from ingest.stores.base import ReadingSource
-from stadtpuls.cli.common import CONFIG, fail, load, parse_time
+from stadtpuls.cli.common import CONFIG, fail, load, local_time, parse_time, table
+from stadtpuls.cli.progress import Progress
 
+if TYPE_CHECKING:
+    from ingest.stores.base import ReadingSource
 
-def _choices(kind: type[ExportFormat | Resolution | Layout | Statistic]) -> click.Choice[str]:
-    return click.Choice([m.value for m in kind])
+# The choices of ExportFormat, Resolution, Layout and Statistic (export/formats.py,
+# export/query.py), written out so that --help need not import pyarrow and numpy with
+# them; tests/unit/test_cli_help.py keeps them equal.
+FORMATS = ("csv", "csv-de", "json", "ndjson", "parquet", "zip")
+RESOLUTIONS = ("raw", "1min", "15min", "1h", "1d")
+LAYOUTS = ("long", "wide")
+STATISTICS = ("mean", "min", "max")
 
 
 @click.command()
@@ -34,18 +37,23 @@ def _choices(kind: type[ExportFormat | Resolution | Layout | Statistic]) -> clic
 @click.option("--measurement", "measurements", multiple=True, help="Repeatable. All if none.")
 @click.option("--start", "start", required=True, help="ISO 8601; UTC unless an offset is given")
 @click.option("--end", "end", required=True, help="ISO 8601, exclusive")
-@click.option("--resolution", type=_choices(Resolution), default="raw", show_default=True)
-@click.option("--format", "fmt", type=_choices(ExportFormat), default="csv", show_default=True)
-@click.option("--layout", type=_choices(Layout), default="long", show_default=True)
+@click.option("--resolution", type=click.Choice(RESOLUTIONS), default="raw", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True)
+@click.option("--layout", type=click.Choice(LAYOUTS), default="long", show_default=True)
 @click.option(
     "--statistic",
-    type=_choices(Statistic),
+    type=click.Choice(STATISTICS),
     default="mean",
     show_default=True,
     help="The value per bucket in the wide layout (long carries mean, min and max).",
 )
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Output file (default: stdout). With it, progress on stderr: rows, time left.",
+)
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def export(
     config_path: Path | None,
     site: str,
@@ -61,6 +69,8 @@ def export(
     quiet: bool,
 ) -> None:
     """Export a site's readings, streamed (see README, "Export formats")."""
+    from export.formats import ExportFormat
+    from export.query import ExportRefused, ExportRequest, Layout, Resolution, Statistic
     from export.stream import ExportStats, export_stream
     from stadtpuls.service import build_store, flux_source
 
@@ -87,16 +97,14 @@ def export(
         flux = flux_source(settings, registry)
         source, close = flux, flux.close
     stats = ExportStats()
-    total_s = max(1, (request.end_ns - request.start_ns) // 1_000_000_000)
+    # Progress through the range (the store is read one day at a time), with the rows
+    # written so far and the time left at the pace so far.
+    span_s = max(1.0, (request.end_ns - request.start_ns) / 1e9)
     try:
-        with click.progressbar(
-            length=total_s, label="exporting", file=sys.stderr, hidden=quiet or out is None
-        ) as bar:
-            done = [request.start_ns]
+        with Progress("exporting", span_s, hidden=quiet or out is None) as bar:
 
             def progress(t_ns: int) -> None:
-                bar.update(int((t_ns - done[0]) // 1_000_000_000))
-                done[0] = t_ns - (t_ns - done[0]) % 1_000_000_000
+                bar.update((t_ns - request.start_ns) / 1e9, stats.rows)
 
             try:
                 chunks = export_stream(
@@ -111,6 +119,7 @@ def export(
             else:
                 with out.open("wb") as fh:
                     _write(chunks, fh)
+            bar.update(span_s, stats.rows)
     finally:
         close()
     where = f" to {out}" if out is not None else ""
@@ -146,6 +155,8 @@ def tokens_create(
     config_path: Path | None, site: str, room: str | None, expires: str | None, label: str
 ) -> None:
     """Create a token; the secret is printed once and only its hash is kept."""
+    from devices.registry import is_valid_id, parse_duration
+    from devices.vocabulary import SiteKind
     from export.tokens import TokenStore
 
     settings, registry = load(config_path)
@@ -245,7 +256,8 @@ def tokens_revoke(config_path: Path | None, token_id: int) -> None:
 @click.option("--token", "token_id", type=int, default=None, help="Only this token's exports.")
 @click.option("--limit", type=int, default=50, show_default=True)
 def tokens_log(config_path: Path | None, token_id: int | None, limit: int) -> None:
-    """The export log, newest first: token, time, outcome, rows, bytes and what was asked."""
+    """The export log, newest first, in columns: entry, time (Berlin), token, outcome,
+    rows, bytes and what was asked."""
     from export.tokens import TokenStore
 
     settings, _ = load(config_path)
@@ -254,9 +266,34 @@ def tokens_log(config_path: Path | None, token_id: int | None, limit: int) -> No
         entries = store.entries(token_id, limit)
     finally:
         store.close()
-    for e in entries:
-        who = "-" if e.token_id is None else str(e.token_id)
-        click.echo(
-            f"{e.id:>7}  {_iso(e.at_ns)}  token {who:<5} {e.status:<12} "
-            f"rows {e.rows if e.rows is not None else '-':<8} {e.what}"
+    if not entries:
+        click.echo("no exports logged" + (f" for token {token_id}" if token_id else ""))
+        return
+    rows = [
+        (
+            str(e.id),
+            local_time(e.at_ns, seconds=True),
+            "-" if e.token_id is None else str(e.token_id),
+            e.status,
+            "-" if e.rows is None else f"{e.rows:,}",
+            "-" if e.bytes is None else f"{e.bytes:,}",
+            _request_text(e.what),
         )
+        for e in entries
+    ]
+    header = ("ENTRY", "TIME", "TOKEN", "OUTCOME", "ROWS", "BYTES", "REQUEST")
+    click.echo(table(header, rows, right=(0, 2, 4, 5)))
+
+
+def _request_text(what: str) -> str:
+    """The logged request (its query parameters as JSON) as ``site=s1 start=...``; any
+    other text as it is."""
+    try:
+        params = json.loads(what)
+    except ValueError:
+        return what
+    if not isinstance(params, dict):
+        return what
+    return " ".join(
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in params.items()
+    )

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from stadtpuls.cli.common import CONFIG, fail, load
+from stadtpuls.cli.progress import Progress
 
 
 @click.group()
@@ -32,13 +33,18 @@ def _preview(payload: bytes, width: int = 60) -> str:
 
 @quarantine.command("list")
 @CONFIG
-@click.option("--reason", default=None)
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--reason", default=None, help="Only entries with this reason, e.g. not_json, unknown_device."
+)
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="As a JSON array, for tools.")
 @click.option("--all", "include_replayed", is_flag=True, help="Include replayed entries.")
 def quarantine_list(
     config_path: Path | None, reason: str | None, limit: int, as_json: bool, include_replayed: bool
 ) -> None:
+    """Quarantined messages waiting for a replay (newest first): id, when it arrived
+    (UTC), reason, topic and what was wrong, and how often the same message came again;
+    then the count waiting per reason. See README, "Quarantine"."""
     from export.stream import iso_utc
 
     q = _quarantine(config_path)
@@ -57,6 +63,7 @@ def quarantine_list(
                         "times": e.times,
                         "last_received": iso_utc(e.last_received_ns),
                         "replayed": e.replayed_ns is not None,
+                        "records": None if e.records is None else list(e.records),
                     }
                     for e in entries
                 ],
@@ -79,6 +86,9 @@ def quarantine_list(
 @CONFIG
 @click.argument("entry_id", type=int)
 def quarantine_show(config_path: Path | None, entry_id: int) -> None:
+    """One quarantined message, ENTRY_ID from `stadtpuls quarantine list`: its topic,
+    reason and detail, when it arrived and how often, whether it was replayed, and its
+    payload (as text, or in hex when it is not UTF-8)."""
     from export.stream import iso_utc
 
     entry = _quarantine(config_path).get(entry_id)
@@ -90,6 +100,9 @@ def quarantine_show(config_path: Path | None, entry_id: int) -> None:
     click.echo(f"topic:    {entry.topic}")
     click.echo(f"reason:   {entry.reason}")
     click.echo(f"detail:   {entry.detail}")
+    if entry.records is not None:
+        refused = ", ".join(str(i) for i in entry.records)
+        click.echo(f"records:  {refused} refused; the message's other records were stored")
     click.echo(f"seen:     {entry.times} time(s), last {iso_utc(entry.last_received_ns)}")
     click.echo(f"replayed: {'yes' if entry.replayed_ns else 'no'}")
     click.echo(f"payload ({len(entry.payload)} bytes):")
@@ -121,14 +134,22 @@ def quarantine_replay(
     decoder = build_decoder(settings, registry)
     store = build_store(settings, registry)
     accepted = 0
+    # On stderr: entries done, readings stored so far and the time left; the lines per
+    # entry stay on stdout.
     try:
-        for entry in entries:
-            result = q.replay(entry, decoder, LimitCheck(registry.series), store)
-            if result.reason is None:
-                accepted += 1
-                click.echo(f"{entry.id}: stored {result.stored} readings")
-            else:
-                click.echo(f"{entry.id}: still rejected: {result.reason}: {result.detail}")
+        with Progress("replaying", len(entries), unit="readings stored") as bar:
+            for entry in entries:
+                result = q.replay(entry, decoder, LimitCheck(registry.series), store)
+                if result.reason is None:
+                    accepted += 1
+                    bar.echo(f"{entry.id}: stored {result.stored} readings")
+                else:
+                    # Records that pass now are stored even while others are still refused.
+                    stored = f"stored {result.stored} readings, " if result.stored else ""
+                    bar.echo(
+                        f"{entry.id}: {stored}still rejected: {result.reason}: {result.detail}"
+                    )
+                bar.advance(1, result.stored)
     finally:
         store.close()
     click.echo(

@@ -17,13 +17,18 @@ from stadtpuls.cli.common import CONFIG, load, setup_logging
 @click.command("check-config")
 @CONFIG
 def check_config(config_path: Path | None) -> None:
-    """Check the settings and the registry, then print a summary."""
+    """Check the settings and the registry, then print a summary (and, on stderr, any
+    warnings: settings that work but are probably not what was meant)."""
+    from stadtpuls.settings import config_warnings
+
     settings, registry = load(config_path)
     devices = registry.devices()
     click.echo(
         f"ok: {len(registry.sites)} sites, {len(devices)} devices, {len(registry.series)} series; "
         f"store {settings.store.backend}; broker {settings.mqtt.host}:{settings.mqtt.port}"
     )
+    for warning in config_warnings(settings):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command()

@@ -6,12 +6,14 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from devices.registry import Registry
 from stadtpuls.cli.common import CONFIG, fail, load, setup_logging
+
+if TYPE_CHECKING:
+    from devices.registry import Registry
 
 
 def _parse_fault(spec: str, registry: Registry, now_ns: int) -> Any:

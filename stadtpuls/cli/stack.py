@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import niquests
 
-from devices.topics import TopicScheme
-from ingest.secrets import is_placeholder
 from stadtpuls.cli.common import config_option, fail, load
+from stadtpuls.cli.progress import Progress
+
+if TYPE_CHECKING:
+    from stadtpuls.settings import Settings
 
 # The shared --config option, with the wording these commands have always shown.
 CONFIG = config_option("Settings file (YAML); STADTPULS_* environment variables override it.")
@@ -37,6 +39,8 @@ REGISTRY = click.option(
 
 def _secret(env_var: str, file: Path | None, what: str, *, required: bool) -> str | None:
     """A secret from its file (wins) or the environment; placeholders are refused."""
+    from ingest.secrets import is_placeholder
+
     value = (
         file.read_text(encoding="utf-8").strip() if file is not None else os.environ.get(env_var)
     )
@@ -47,6 +51,18 @@ def _secret(env_var: str, file: Path | None, what: str, *, required: bool) -> st
     if is_placeholder(value):
         fail(f"{what} is empty or a placeholder; set a real secret")
     return value.strip()
+
+
+def _influx_note(settings: Settings) -> None:
+    """The dashboards query InfluxDB (Flux): with the SQLite store they stay empty. Said
+    plainly, on stderr, so nobody hunts for a Grafana fault."""
+    if settings.store.backend != "influxdb":
+        click.echo(
+            f"note: the dashboards read InfluxDB (Flux), but store.backend is "
+            f"{settings.store.backend!r}: they show no data until the service stores into "
+            'InfluxDB (store.backend: influxdb, see README, "Configuration")',
+            err=True,
+        )
 
 
 dashboards: click.Group = click.Group(
@@ -105,6 +121,7 @@ def dashboards_build(
     )
     n = sum(1 for p in written if p.suffix == ".json")
     click.echo(f"wrote {n} dashboards and 2 provisioning files to {out}")
+    _influx_note(settings)
 
 
 @dashboards.command("push")
@@ -146,6 +163,7 @@ def dashboards_push(
     force: bool,
 ) -> None:
     """Upsert folders, datasources and dashboards into a running Grafana."""
+    import niquests
     from grafana_client.client import GrafanaException
 
     from dashboards.grafana import build_dashboards
@@ -164,14 +182,20 @@ def dashboards_push(
         settings.influxdb.bucket,
         prometheus_url,
     )
+    _influx_note(settings)
+    generated = build_dashboards(registry, target.bucket)
+    # On stderr: dashboards handled, how many were written, and the time left.
+    bar = Progress("pushing dashboards", len(generated), unit="written")
     try:
-        report = push(
-            connect(url, token),
-            build_dashboards(registry, target.bucket),
-            target,
-            influx_token=influx_token,
-            force=force,
-        )
+        with bar:
+            report = push(
+                connect(url, token),
+                generated,
+                target,
+                influx_token=influx_token,
+                force=force,
+                progress=bar.update,
+            )
     except DashboardDrift as exc:
         click.echo(f"pushed to {url}: {exc.report.summary()}")
         click.echo(f"error: {exc}", err=True)
@@ -241,6 +265,7 @@ def broker_auth_write(
         write_broker_auth,
     )
     from dashboards.broker_acl import broker_auth as make_auth
+    from devices.topics import TopicScheme
 
     settings, registry = load(config_path, registry_path)
     master = _master_secret(master_secret_file)

@@ -119,7 +119,10 @@ def connect(stack: Stack, clients: list[Client], user: str | None, password: str
     return client
 
 
-def subscribed_service(stack: Stack, clients: list[Client]) -> Client:
+def subscribed_service(
+    stack: Stack, clients: list[Client], subs: list[str] | None = None
+) -> Client:
+    """The service account, subscribed to ``subs`` (by default the single service's)."""
     service = connect(stack, clients, SERVICE_ACCOUNT, derive_password(MASTER, SERVICE_ACCOUNT))
     assert service.connected() == 0
     done = threading.Event()
@@ -130,7 +133,7 @@ def subscribed_service(stack: Stack, clients: list[Client]) -> Client:
         done.set()
 
     service.client.on_subscribe = on_subscribe
-    subs = stack.topics.subscriptions()
+    subs = stack.topics.subscriptions() if subs is None else subs
     service.client.subscribe([(topic, 1) for topic in subs])
     assert done.wait(5), "the service's subscription was not acknowledged"
     assert granted == [1] * len(subs), f"subscriptions refused: {granted}"
@@ -174,6 +177,28 @@ def test_simulator_publishes_for_every_device_but_not_alerts(
     dev = stack.registry.devices()[-1]
     assert sim.publish(stack.topics.readings(dev.kind, dev.site, dev.id)) < FIRST_FAILURE
     assert sim.publish(stack.topics.alerts(dev.kind, dev.site, dev.id)) == NOT_AUTHORIZED
+
+
+@pytest.mark.parametrize("share", ["single", "worker"])
+def test_the_service_may_read_every_depth_under_a_kind(
+    stack: Stack, clients: list[Client], share: str
+) -> None:
+    """The filters reach every depth, so a topic a level too deep reaches the service (to
+    be quarantined) when an account may publish there; a device's own account may not."""
+    subs = (
+        stack.topics.subscriptions()
+        if share == "single"
+        else stack.topics.site_subscriptions(stack.registry.sites)
+    )
+    service = subscribed_service(stack, clients, subs)
+    dev = stack.registry.devices()[0]
+    deep = stack.topics.readings(dev.kind, dev.site, dev.id) + "/extra"
+    sim = connect(stack, clients, SIMULATOR_ACCOUNT, derive_password(MASTER, SIMULATOR_ACCOUNT))
+    assert sim.publish(deep) < FIRST_FAILURE
+    assert service.messages.get(timeout=5).topic == deep
+    user = f"{dev.site}/{dev.id}"
+    device = connect(stack, clients, user, derive_password(MASTER, user))
+    assert device.publish(deep) == NOT_AUTHORIZED
 
 
 def test_wrong_password_and_anonymous_are_refused(stack: Stack, clients: list[Client]) -> None:

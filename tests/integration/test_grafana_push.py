@@ -307,3 +307,35 @@ def test_cli_push_with_a_wrong_token_fails_with_a_message(
     assert result.exit_code == 2
     assert "Unauthorized" in result.output
     assert not grafana.writes
+
+
+def test_push_reports_progress_per_dashboard(
+    grafana: FakeGrafana, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+    generated = build_dashboards(registry, TARGET.bucket)
+    push(
+        connect(grafana.url, TOKEN), generated, TARGET, influx_token="grafana-read-token",
+        progress=lambda done, written: calls.append((done, written)),
+    )  # fmt: skip
+    n = len(generated)
+    assert calls == [(i, i) for i in range(1, n + 1)]  # each dashboard handled, and written
+
+    # The command: dashboards handled and written so far, and the time left, on stderr
+    # (a line now and then in a log; here at once), the summary on stdout.
+    from stadtpuls.cli.progress import Progress
+
+    monkeypatch.setattr(Progress, "every_s", 0.0)
+    registry_file = tmp_path / "registry.yaml"
+    registry_file.write_text(REGISTRY_YAML, encoding="utf-8")
+    result = CliRunner().invoke(
+        main,
+        ["dashboards", "push", "--registry", str(registry_file), "--url", grafana.url],
+        env={"GRAFANA_TOKEN": TOKEN, "GRAFANA_TOKEN_FILE": None, "STADTPULS_CONFIG": None},
+    )
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("pushing dashboards:")]
+    assert len(lines) == n
+    assert lines[0].startswith(f"pushing dashboards: {1 / n:.0%}, 0 written, ")
+    assert lines[-1].startswith("pushing dashboards: 100%, 0 written, done in ")
+    assert "unchanged" in result.stdout

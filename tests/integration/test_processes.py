@@ -1,8 +1,12 @@
-"""The embedded MQTT brokers and the VictoriaMetrics test store, run as real processes."""
+"""The embedded MQTT brokers and the VictoriaMetrics test store, run as real processes, and
+the demo that runs a broker, the simulator and the service together."""
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +341,30 @@ def test_victoria_missing_binary_says_how_to_install(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="apt-get install victoria-metrics"):
         VictoriaMetrics(tmp_path / "vm").start()
+
+
+def _demo(data_dir: Path) -> tuple[int, dict[str, int], str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "stadtpuls", "demo", "--duration", "7", "--data-dir",
+         str(data_dir), "--http-port", "0"],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout.replace("\r", "\n")
+    head = re.search(r"^This run: (\d+) new readings stored, \d+ messages quarantined", out, re.M)
+    assert head is not None, out
+    per_site = {m[0]: int(m[1]) for m in re.findall(r"^  (\S+) +(\d+) readings$", out, re.M)}
+    return int(head.group(1)), per_site, out
+
+
+def test_demo_counts_agree_when_the_data_directory_is_reused(tmp_path: Path) -> None:
+    first, first_sites, _ = _demo(tmp_path / "demo")
+    assert first == sum(first_sites.values()) > 0
+    second, second_sites, out = _demo(tmp_path / "demo")
+    # The per-site lines count this run, as the total does; the data directory's total is
+    # said apart.
+    assert second == sum(second_sites.values()) > 0
+    assert all(n > 0 for n in second_sites.values()), second_sites
+    assert f"holds {first + second} readings, {first} of them from earlier runs." in out, out
+    assert "/students" in out
+    assert "stadtpuls tokens create --config" in out

@@ -75,9 +75,12 @@ def test_native_block(decoder: Decoder) -> None:
 
 def test_native_block_range_is_checked_per_sample(decoder: Decoder) -> None:
     block = {"t0": NOW_S, "dt": 0.01, "series": {"g1/strain": [1.0, 99999.0, 2.0]}}
-    err = reject(decoder, BRIDGE, json.dumps(block).encode())
-    assert err.reason is RejectReason.OUT_OF_RANGE
-    assert "g1/strain[1]" in err.detail
+    d = decoder.decode(BRIDGE, json.dumps(block).encode(), NOW_NS)
+    assert np.asarray(d.values).tolist() == [1.0, 2.0]  # the other samples are stored
+    (refused,) = d.rejected
+    assert refused.reason is RejectReason.OUT_OF_RANGE
+    assert refused.indices == (1,)
+    assert "g1/strain[1]" in refused.detail
 
 
 def test_registry_override_narrows_range(decoder: Decoder) -> None:

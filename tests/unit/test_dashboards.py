@@ -1,21 +1,29 @@
 """The generated Grafana dashboards and provisioning files, checked against Grafana's
-dashboard JSON model and against the registry they come from."""
+dashboard JSON model and against the registry they come from.
+
+No Grafana (and no InfluxDB with Flux) runs here: the tests read the JSON model and the
+Flux text of each query, and where it matters what a query gives (the envelope, the
+flagged counts), they apply the query's window function to readings in Python."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import statistics
+from collections.abc import Callable, Iterator, Sequence
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from dashboards.grafana import FOLDERS, GRAFANA_UID, GeneratedDashboard, build_dashboards, render
 from dashboards.provisioning import DatasourceTarget, provisioning_files, write_build
 from devices.registry import Registry, load_registry, parse_registry
 from devices.vocabulary import SiteKind
+from stadtpuls.cli import main
+from tests.support.config import ConfigWriter
 from tests.support.registry import REGISTRY_YAML
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "stadtpuls" / "examples" / "registry.yaml"
@@ -180,9 +188,9 @@ def test_strain_panel_per_gauge_with_its_limit_lines(registry: Registry) -> None
             assert -series.limit in steps
             assert series.limit in steps
             assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
-        # Anomaly marks: a second query drawn as points.
-        assert [t["refId"] for t in panel["targets"]] == ["A", "B"]
-        assert "r.anomaly != 0" in panel["targets"][1]["query"]
+        # The mean (A), the flagged readings counted per window (B), and the envelope.
+        assert [t["refId"] for t in panel["targets"]] == ["A", "B", "min", "max"]
+        assert 'r._field == "anomaly"' in panel["targets"][1]["query"]
 
 
 def test_school_co2_bands_and_traffic_light_per_room(registry: Registry) -> None:
@@ -251,3 +259,131 @@ def test_build_removes_dashboards_of_sites_gone_from_the_registry(tmp_path: Path
     write_build(parse_registry(REGISTRY_YAML), TARGET, tmp_path)
     on_disk = {p.stem for p in (tmp_path / "dashboards").rglob("*.json")}
     assert on_disk == {d.uid for d in build_dashboards(parse_registry(REGISTRY_YAML), BUCKET)}
+
+
+# -- what the panels of a bridge draw --------------------------------------------------
+
+ENVELOPED = ("strain", "inclination", "crack_width")
+_WINDOW_FN = re.compile(r"aggregateWindow\(every: v\.windowPeriod, fn: (\w+), createEmpty: false\)")
+_FNS: dict[str, Callable[[Sequence[float]], float]] = {
+    "mean": statistics.fmean, "min": min, "max": max, "count": len,
+}  # fmt: skip
+
+
+def series_panel(registry: Registry, measurement: str, device: str, channel: str) -> Any:
+    site = next(s for s in registry.sites.values() if device in s.devices)
+    model = next(d.model for d in build_dashboards(registry, BUCKET) if site.id in d.model["tags"])
+    title = {"strain": "Strain", "inclination": "Inclination", "crack_width": "Crack width"}
+    return next(
+        p for p in model["panels"] if p["title"] == f"{title[measurement]} {device}/{channel}"
+    )
+
+
+def drawn(panel: dict[str, Any], readings: Sequence[float], per_window: int) -> dict[str, Any]:
+    """What each of the panel's value queries gives for ``readings`` when Grafana's window
+    holds ``per_window`` of them (zoomed out): its window function applied per window."""
+    out = {}
+    for t in panel["targets"]:
+        if 'r._field == "value"' not in t["query"]:
+            continue
+        (fn,) = _WINDOW_FN.findall(t["query"])
+        windows = [readings[i : i + per_window] for i in range(0, len(readings), per_window)]
+        out[t["refId"]] = [_FNS[fn](w) for w in windows]
+    return out
+
+
+def test_strain_inclination_and_crack_width_draw_their_envelope() -> None:
+    registry = load_registry(EXAMPLE)
+    found = set()
+    for s in registry.series:
+        if s.key.measurement not in ENVELOPED:
+            continue
+        panel = series_panel(registry, s.key.measurement, s.key.device, s.key.channel)
+        found.add(s.key.measurement)
+        fns = {t["refId"]: _WINDOW_FN.findall(t["query"]) for t in panel["targets"]}
+        assert fns == {"A": ["mean"], "B": ["count"], "min": ["min"], "max": ["max"]}
+        for t in panel["targets"]:
+            assert f"r.device =~ /^{s.key.device}$/" in t["query"]
+            assert f'r.channel == "{s.key.channel}"' in t["query"]
+        looks = {
+            o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+            for o in panel["fieldConfig"]["overrides"]
+        }
+        # min and max are one shaded band (max filled down to min), the mean a line in it.
+        assert looks["min"]["displayName"] == "min"
+        assert looks["max"]["displayName"] == "max"
+        assert looks["max"]["custom.fillBelowTo"] == "min"
+        assert looks["A"]["displayName"] == "mean"
+    assert found == set(ENVELOPED)
+
+
+def test_a_lorry_over_the_design_limit_is_not_averaged_away() -> None:
+    registry = load_registry(EXAMPLE)
+    gauge = registry.sites["remberg"].devices["sg-1"].series["g2/strain"]
+    assert gauge.limit == 750
+    panel = series_panel(registry, "strain", "sg-1", "g2")
+    limit_lines = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert gauge.limit in limit_lines
+    assert -gauge.limit in limit_lines
+    # A day at 1 Hz zoomed out to a window of 10 minutes: 300 microstrain of temperature
+    # load, and one lorry of 4 s at 820 (over the limit of 750) in compression as well.
+    day = [300.0] * 86_400
+    day[40_000:40_004] = [820.0, 835.0, 829.0, 810.0]
+    day[60_000:60_003] = [-790.0, -805.0, -760.0]
+    got = drawn(panel, day, per_window=600)
+    assert max(got["A"]) < gauge.limit  # the mean alone hides both
+    assert min(got["A"]) > -gauge.limit
+    assert max(got["max"]) == 835.0  # the band reaches over the limit line
+    assert min(got["min"]) == -805.0
+
+
+def test_flagged_readings_are_counted_per_window_without_gaps(
+    generated: list[GeneratedDashboard],
+) -> None:
+    seen = 0
+    for d in generated:
+        if d.folder not in (FOLDERS["bridge"], FOLDERS["school"]):
+            continue
+        for p in data_panels(d.model):
+            if p["type"] != "timeseries":
+                continue
+            flagged = [t for t in p["targets"] if 'r._field == "anomaly"' in t["query"]]
+            assert len(flagged) == 1, (d.uid, p["title"])
+            query = flagged[0]["query"]
+            seen += 1
+            # One point per window, however long the range (a year: ~1000 points), never
+            # a row per flagged reading.
+            assert _WINDOW_FN.findall(query) == ["count"], query
+            assert "pivot" not in query
+            # A reading whose only flag is gap (bit 7, 128) is left out.
+            assert "r._value != 0 and r._value != 128" in query
+            bars = next(o for o in p["fieldConfig"]["overrides"] if o["matcher"]["options"] == "B")
+            props = {x["id"]: x["value"] for x in bars["properties"]}
+            assert props["custom.drawStyle"] == "bars"
+            assert props["custom.axisPlacement"] == "right"
+            # Every value query of a time series is windowed as well.
+            for t in p["targets"]:
+                assert _WINDOW_FN.search(t["query"]), (d.uid, p["title"], t["refId"])
+    assert seen
+
+
+def test_build_with_the_sqlite_store_says_the_dashboards_need_influxdb(
+    tmp_path: Path, config_file: ConfigWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config_file(
+        {"registry": "registry.yaml", "data_dir": "data"}, registry_yaml=REGISTRY_YAML
+    )
+    result = CliRunner().invoke(
+        main, ["dashboards", "build", "--config", str(cfg), "--out", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.stdout
+    assert "store.backend is 'sqlite'" in result.stderr
+    assert "store.backend: influxdb" in result.stderr
+    monkeypatch.setenv("STADTPULS_STORE__BACKEND", "influxdb")
+    monkeypatch.setenv("STADTPULS_INFLUXDB__TOKEN", "a-real-looking-influx-token-0123456789")
+    result = CliRunner().invoke(
+        main, ["dashboards", "build", "--config", str(cfg), "--out", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sqlite" not in result.stderr

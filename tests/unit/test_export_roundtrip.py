@@ -175,10 +175,11 @@ def test_published_week_comes_out_of_every_format_unchanged(
     dictionary = json.loads(bundle.read("data_dictionary.json"))
     assert dictionary["anomaly_flags"]["gap"]["bit"] == 128
     assert "dl-de/by-2-0" in dictionary["licence"]
-    assert {s["measurement"]: s["unit"] for s in dictionary["series"]} == {
-        "co2": "ppm",
-        "humidity": "%RH",
-        "temperature": "Cel",
+    # Units as people write them (issue 14); the SenML name beside them for tools.
+    assert {s["measurement"]: (s["unit"], s["senml_unit"]) for s in dictionary["series"]} == {
+        "co2": ("ppm", "ppm"),
+        "humidity": ("%", "%RH"),
+        "temperature": ("°C", "Cel"),
     }
     assert "Lizenz" in bundle.read("LIESMICH.txt").decode("utf-8")
 
@@ -241,8 +242,8 @@ def test_day_buckets_are_berlin_days_and_gaps_are_empty(
         "time",
         "local_time",
         "room-1 co2 [ppm]",
-        "room-1 humidity [%RH]",
-        "room-1 temperature [Cel]",
+        "room-1 humidity [%]",
+        "room-1 temperature [°C]",
     ]
     assert len(frame) == 16
     assert frame["room-1 co2 [ppm]"].isna().tolist() == [False] * 4 + [True] * 8 + [False] * 4

@@ -55,14 +55,14 @@ def test_influx_backend_needs_a_token(config_file: ConfigWriter) -> None:
         load_settings(config_file("store: {backend: influxdb}\n"))
 
 
-def test_errors_name_the_file_and_key(config_file: ConfigWriter) -> None:
+def test_errors_name_the_file_line_and_key(config_file: ConfigWriter) -> None:
     cfg = config_file("mqtt: {port: 99999}\nbatch: {max_messages: 0}\ncolour: red\n")
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     message = str(info.value)
-    assert f"{cfg}: mqtt.port:" in message
-    assert f"{cfg}: batch.max_messages:" in message
-    assert f"{cfg}: colour:" in message
+    assert f"{cfg}:1: mqtt.port:" in message
+    assert f"{cfg}:2: batch.max_messages:" in message
+    assert f"{cfg}:3: colour:" in message
 
 
 def test_durations_and_protocol_take_what_people_write(

@@ -66,12 +66,12 @@ def test_restricted_registry_renumbers_series_consistently() -> None:
         restrict(full, ["nowhere"])
 
 
-def test_site_subscriptions_cover_every_kind_of_each_site() -> None:
+def test_site_subscriptions_cover_every_kind_and_depth_of_each_site() -> None:
     assert TopicScheme("city/x").site_subscriptions(["b1", "s1"]) == [
-        "city/x/bridge/b1/+",
-        "city/x/school/b1/+",
-        "city/x/bridge/s1/+",
-        "city/x/school/s1/+",
+        "city/x/bridge/b1/#",
+        "city/x/school/b1/#",
+        "city/x/bridge/s1/#",
+        "city/x/school/s1/#",
     ]
 
 
@@ -80,7 +80,8 @@ def test_worker_share_of_settings(tmp_path: Path) -> None:
     single = worker_share(load_settings(None, data_dir=tmp_path), registry)
     assert single.registry is registry
     assert single.subscriptions == TopicScheme().subscriptions()
-    assert single.unsubscriptions == []
+    # A session kept from before the filters reached every depth drops the old ones.
+    assert single.unsubscriptions == ["stadtpuls/bridge/+/+", "stadtpuls/school/+/+"]
     assert single.client_id == "stadtpuls-ingest"
 
     shares = []
@@ -95,6 +96,8 @@ def test_worker_share_of_settings(tmp_path: Path) -> None:
         # What one worker drops from a kept session is what the other subscribes to.
         assert set(other.subscriptions) <= set(mine.unsubscriptions)
         assert not set(mine.subscriptions) & set(mine.unsubscriptions)
+        # And the one-level filters of earlier versions, its own sites' included.
+        assert set(TopicScheme().former_subscriptions(registry.sites)) <= set(mine.unsubscriptions)
 
 
 def test_worker_index_must_be_below_count() -> None:
