@@ -199,6 +199,19 @@ def _gauge_table(bucket: str, gauges: Sequence[Series]) -> Json:
     )
 
 
+def _site_dashboard(site: Site, kind: str, grid: Grid, variable: str) -> Json:
+    """The frame every site's dashboard shares: its uid, title, tags, the device (or
+    room) variable and the alert annotations."""
+    return dashboard(
+        dashboard_uid(f"stadtpuls-{kind.lower()}", site.id),
+        f"{kind}: {site.name}",
+        grid,
+        tags=["stadtpuls", kind.lower(), site.id],
+        variables=_variables(site, variable),
+        annotations=[alert_annotation(site.id)],
+    )
+
+
 def bridge_dashboard(site: Site, bucket: str) -> Json:
     grid = Grid()
     present = _present(site)
@@ -224,14 +237,7 @@ def bridge_dashboard(site: Site, bucket: str) -> Json:
             where = f"{s.key.device}/{s.key.channel}" if s.key.channel else s.key.device
             what = VOCABULARY[SiteKind.BRIDGE][name].description
             grid.add(_envelope_panel(bucket, s, f"{title} {where}", what), w=8, h=8)
-    return dashboard(
-        dashboard_uid("stadtpuls-bridge", site.id),
-        f"Bridge: {site.name}",
-        grid,
-        tags=["stadtpuls", "bridge", site.id],
-        variables=_variables(site, "Device"),
-        annotations=[alert_annotation(site.id)],
-    )
+    return _site_dashboard(site, "Bridge", grid, "Device")
 
 
 def _co2_thresholds(series: Series) -> tuple[float, float]:
@@ -287,11 +293,4 @@ def school_dashboard(site: Site, bucket: str) -> Json:
             grid.add(
                 _measurement_panel(bucket, name, title, unit, _SCHOOL_BANDS.get(name)), w=12, h=8
             )
-    return dashboard(
-        dashboard_uid("stadtpuls-school", site.id),
-        f"School: {site.name}",
-        grid,
-        tags=["stadtpuls", "school", site.id],
-        variables=_variables(site, "Room"),
-        annotations=[alert_annotation(site.id)],
-    )
+    return _site_dashboard(site, "School", grid, "Room")

@@ -40,12 +40,17 @@ def config_option(help_text: str = CONFIG_HELP) -> Callable[[F], F]:
 
     The one declaration of it; ``help_text`` only lets a group keep its own wording.
     """
+    return file_option("--config", "config_path", envvar="STADTPULS_CONFIG", help=help_text)
+
+
+def file_option(*decls: str, envvar: str | None = None, help: str) -> Callable[[F], F]:
+    """An option naming a file that must exist (passed as a ``Path``; none by default)."""
     return click.option(
-        "--config",
-        "config_path",
+        *decls,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        envvar="STADTPULS_CONFIG",
-        help=help_text,
+        envvar=envvar,
+        default=None,
+        help=help,
     )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stadtpuls.cli.common import config_option, fail, load
+from stadtpuls.cli.common import config_option, fail, file_option, load
 from stadtpuls.cli.progress import Progress
 
 if TYPE_CHECKING:
@@ -28,12 +28,8 @@ INFLUX_URL = click.option(
     default=None,
     help="InfluxDB as Grafana's server reaches it (default: the settings' influxdb.url).",
 )
-REGISTRY = click.option(
-    "--registry",
-    "registry_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Registry file (default: the settings' registry).",
+REGISTRY = file_option(
+    "--registry", "registry_path", help="Registry file (default: the settings' registry)."
 )
 
 
@@ -134,18 +130,14 @@ def dashboards_build(
     show_default=True,
     help="Grafana's URL (or GRAFANA_URL).",
 )
-@click.option(
+@file_option(
     "--token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="GRAFANA_TOKEN_FILE",
-    default=None,
     help="File holding a Grafana service-account token (or GRAFANA_TOKEN in the environment).",
 )
-@click.option(
+@file_option(
     "--influx-token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="GRAFANA_INFLUXDB_TOKEN_FILE",
-    default=None,
     help="File holding the InfluxDB read token for Grafana's datasource "
     "(or GRAFANA_INFLUXDB_TOKEN); needed when the datasource is created.",
 )
@@ -217,11 +209,9 @@ broker_auth: click.Group = click.Group(
 )
 
 
-MASTER_SECRET_FILE = click.option(
+MASTER_SECRET_FILE = file_option(
     "--master-secret-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     envvar="STADTPULS_MQTT_MASTER_SECRET_FILE",
-    default=None,
     help="File holding the master secret every MQTT password is derived from "
     "(or STADTPULS_MQTT_MASTER_SECRET).",
 )
