@@ -41,6 +41,18 @@ class HeldJumps(StateArrays):
         positions of this batch's lone odd changes, each starting a new jump. A jump that
         goes on in the same direction is no step: an opened window takes the CO2 down by
         hundreds of ppm a minute for several minutes, a sensor's offset jumps once."""
+        # Only series with a jump in this batch or one carried over take part: the rest
+        # of a backlog's millions of readings need no look.
+        involved = self.pending.copy()
+        involved[s[jumps]] = True
+        rows = np.flatnonzero(involved[s])
+        if len(rows) == 0:
+            return rows
+        done = self._judge(s[rows], eff[rows], prev_eff[rows], first[rows],
+                           np.searchsorted(rows, jumps))  # fmt: skip
+        return rows[done]
+
+    def _judge(self, s: I64, eff: F64, prev_eff: F64, first: Bool, jumps: I64) -> I64:
         n = len(s)
         pos = np.arange(n, dtype=np.int64)
         row_start = np.maximum.accumulate(np.where(first, pos, 0))
@@ -67,7 +79,7 @@ class HeldJumps(StateArrays):
         need = self.need[s]
         done = np.flatnonzero(alive & (after == need))
         # The state each series leaves off with: a jump still waiting to be confirmed.
-        lasts = np.flatnonzero(np.append(s[1:] != s[:-1], True)) if n else pos
+        lasts = np.flatnonzero(np.append(s[1:] != s[:-1], True))
         ls = s[lasts]
         waiting = alive[lasts] & (after[lasts] < need[lasts])
         self.pending[ls] = waiting

@@ -70,18 +70,22 @@ class Moves(StateArrays):
         call remembers the batch's moves, so each batch is asked about once."""
         out = np.zeros(len(at), dtype=bool)
         lo = int(t[at].min()) - SHARED_NS if len(at) else 0
+        # Moves are few among a batch's readings: the levels are sorted out among them.
+        rows = np.flatnonzero(level >= 1)
+        ms, mt, ml = s[rows], t[rows], level[rows]
         for k in range(1, len(MOVE_LEVELS) + 1):
             col = self.moved_ts[:, k - 1]
             q = np.flatnonzero(need == k)
             if len(q):
-                m = np.flatnonzero((level >= k) & (t >= lo))  # earlier moves: no one's window
+                m = np.flatnonzero((ml >= k) & (mt >= lo))  # earlier moves: no one's window
                 recent = np.flatnonzero(col >= lo)
-                ev_s = np.concatenate([s[m], recent])
-                ev_t = np.concatenate([t[m], col[recent]])
+                ev_s = np.concatenate([ms[m], recent])
+                ev_t = np.concatenate([mt[m], col[recent]])
                 out[q] = self._near(ev_s, ev_t, s[at[q]], t[at[q]], lo)
-            moved = np.flatnonzero(level >= k)
-            if len(moved):
-                np.maximum.at(col, s[moved], t[moved])
+            keep = ml >= k
+            ms, mt, ml = ms[keep], mt[keep], ml[keep]
+            if len(ms):
+                np.maximum.at(col, ms, mt)
         return out
 
     def _near(self, ev_s: I64, ev_t: I64, qs: I64, qt: I64, lo: int) -> Bool:
