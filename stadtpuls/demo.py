@@ -146,6 +146,9 @@ def run_demo(
                         "client_id": "stadtpuls-demo",
                     },
                     "http": {"host": "127.0.0.1", "port": port},
+                    # Alerts go to the demo's own broker, where `mosquitto_sub -t
+                    # 'stadtpuls/alerts/#'` shows them, rather than nowhere.
+                    "alerts": {"channels": [{"name": "demo", "type": "mqtt"}]},
                 },
                 sort_keys=False,
             ),
