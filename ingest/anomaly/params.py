@@ -82,19 +82,19 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         shift_min_s=60.0,
         segment_s=120.0,
         max_rate=2000.0,
-        drift=15.0,
+        drift=12.0,
         drift_fast_s=2 * 3600.0,
         drift_mode="thermal",
     ),
     "temperature": _with_the_weather(
-        noise_floor=0.1, max_rate=0.5, drift=1.2, drift_fast_s=4 * 3600.0
+        noise_floor=0.1, max_rate=0.5, drift=1.1, drift_fast_s=4 * 3600.0
     ),
     # Both follow the temperature a little: drift is judged after their own regression.
     "inclination": DetectorParams(
-        noise_floor=0.002, max_rate=0.5, drift=0.006, drift_fast_s=6 * 3600.0, drift_mode="thermal"
+        noise_floor=0.002, max_rate=0.5, drift=0.005, drift_fast_s=4 * 3600.0, drift_mode="thermal"
     ),
     "crack_width": DetectorParams(
-        noise_floor=0.005, max_rate=0.5, drift=0.02, drift_fast_s=6 * 3600.0, drift_mode="thermal"
+        noise_floor=0.005, max_rate=0.5, drift=0.015, drift_fast_s=4 * 3600.0, drift_mode="thermal"
     ),
     # CO2 drift is judged on the night floor, which should sit near outdoor air (~400 ppm).
     "co2": DetectorParams(
