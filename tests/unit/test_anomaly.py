@@ -502,7 +502,7 @@ def test_a_gauge_moving_with_its_neighbour_is_load_not_a_fault(registry: Registr
     assert spikes == [160]
 
 
-ROOM = """\
+CO2_ROOM = """\
 sites:
   s1:
     kind: school
@@ -526,7 +526,7 @@ def test_a_co2_step_while_the_room_fills_is_a_step(batch: int) -> None:
     """The level climbs a thousand ppm through the lesson, so the previous segment's spread
     hides a 400 ppm offset; the jump between two readings does not, and the readings after
     it hold the new level."""
-    reg = parse_registry(ROOM)
+    reg = parse_registry(CO2_ROOM)
     v = lesson_co2(200, seed=3)
     v[120:] += 400.0
     flags = feed(Detectors(reg.series), v, series=ROOM_CO2, step_ns=MINUTE, batch=batch)
@@ -538,7 +538,7 @@ def test_a_co2_step_while_the_room_fills_is_a_step(batch: int) -> None:
 def test_an_opened_window_is_no_step(batch: int) -> None:
     """Airing takes the CO2 down by hundreds of ppm a minute for several minutes: the jump
     goes on the same way, which a sensor's offset does not."""
-    reg = parse_registry(ROOM)
+    reg = parse_registry(CO2_ROOM)
     v = lesson_co2(200, seed=4)
     # Toward the outdoor air's 420 ppm, with a time constant of three minutes.
     minutes = np.arange(1, 81)
@@ -551,7 +551,7 @@ def test_a_co2_jump_with_the_rooms_temperature_is_the_air_not_a_spike() -> None:
     """An opened window shows in the room's temperature within the minute (half a kelvin,
     beyond its usual changes, while its level stays inside the lesson's spread): the CO2's
     jump at that moment is shared, not a fault of the CO2 sensor."""
-    reg = parse_registry(ROOM)
+    reg = parse_registry(CO2_ROOM)
     n = 200
     ts = T0 + np.arange(n, dtype=np.int64) * MINUTE
     co2 = lesson_co2(n, seed=5)
