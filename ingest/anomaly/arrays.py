@@ -9,6 +9,7 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
+NO_TIME = np.iinfo(np.int64).min  # no reading yet
 
 
 class StateArrays:

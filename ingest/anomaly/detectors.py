@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from devices.registry import Series
 from ingest.anomaly.arrays import (
+    NO_TIME,
     neighbours,
     run_lengths,
     series_time_order,
@@ -51,7 +52,6 @@ SEGMENT_MAX = 1 << 15
 CHUNK = 1 << 20  # readings judged in one piece
 SMOOTH_S = 1.0  # at high rates a level is judged by the mean of its last second
 STEEL_UE_PER_K = 12.0  # DOMAIN.md: 12.2 for steel, about 10 for concrete
-NO_TIME = np.iinfo(np.int64).min
 _RATE_NOISE_Z = 4.0
 # A change from the reading before this many times spike_z sigmas of the usual changes.
 _ODD_CHANGE = 2.5
@@ -114,10 +114,7 @@ class Detectors:
         self.stuck = Stuck(p)
         self.held = HeldJumps(self.step_need)
         self.air = np.array(
-            [
-                x.room_air and not b
-                for x, b in zip(p, (s.kind == "bridge" for s in series), strict=True)
-            ],
+            [x.room_air and s.kind != "bridge" for x, s in zip(p, series, strict=True)],
             dtype=bool,
         )
         self.max_rate = np.array([x.max_rate for x in p])

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from devices.registry import Series
-from ingest.anomaly.arrays import F64, I64, Bool, StateArrays
+from ingest.anomaly.arrays import F64, I64, NO_TIME, Bool, StateArrays
 from ingest.anomaly.params import DetectorParams
 
 if TYPE_CHECKING:
     from ingest.anomaly.segments import SegmentEvents
 
-NO_TIME = np.iinfo(np.int64).min
 DRIFT_SLOW_S = 3 * 86400.0  # the slow average: the level a drift departs from
 DRIFT_WARM_S = 24 * 3600.0  # judged after a day: the thermal regression has seen a daily cycle
 ALONE_FACTOR = 2.5

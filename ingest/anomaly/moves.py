@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from devices.registry import Series
-from ingest.anomaly.arrays import F64, I64, Bool, StateArrays, key_unit, time_keys
+from ingest.anomaly.arrays import F64, I64, NO_TIME, Bool, StateArrays, key_unit, time_keys
 
-NO_TIME = np.iinfo(np.int64).min
 SHARED_NS = 10 * 1_000_000_000
 # A neighbour moving this much (in its own robust sigmas) counts as moving with it: a lorry
 # loads a gauge near a support far less than one at mid-span.
