@@ -103,7 +103,15 @@ Semantics (those of ``Detectors``; its module docstrings say why):
   of both parts (reset when the segment holds a step or shift, including one in an
   earlier batch while the segment was open); once the series has ``warm_s`` of drift
   history, ``on`` is whether they part by more than the threshold. A reading is marked
-  when ``on`` was set after the segment before its own. ``Detectors`` updates the
+  when ``on`` was set after the segment before its own.
+- step of the night floor (``night_step`` finite, night mode, not a record): per usable
+  night segment, the night is the day of (its middle + 1 h); a new night notes its first
+  level and time and takes the level the night before ended on (none before the first).
+  Once per night, at the first segment ``NIGHT_STEP_SPAN_S`` or more after the night's
+  first, with a level before: a step when the first level is more than ``night_step``
+  from that level before and the segment's level is within ``NIGHT_STEP_FLAT`` of that
+  jump of the first. That segment then counts as holding a step (the averages restart),
+  and a reading is marked STEP when the segment before its own found one. ``Detectors`` updates the
   segments of a batch by segment index (every series' first, then every second, ...);
   every update reads and writes only its own series' state, so taking each series'
   segments in their order is the same.
@@ -158,6 +166,8 @@ from ingest.anomaly.drift import (
     ALONE_FAST_S,
     DRIFT_SLOW_S,
     DRIFT_WARM_S,
+    NIGHT_STEP_FLAT,
+    NIGHT_STEP_SPAN_S,
     NIGHT_WARM_S,
     RECORD_FAST_S,
     RECORD_SLOW_S,
@@ -282,6 +292,7 @@ class _Config:
     warm_s: float
     half_span_ns: int
     daily: bool  # drift after the series' own daily profile
+    night_step: float  # the night floor's step (inf: off)
 
 
 class _Track:
@@ -359,6 +370,14 @@ class _State:
     reg: list[float] = field(default_factory=lambda: [0.0] * 5)  # T, e, T^2, T*e, weight
     profile: list[list[float]] = field(default_factory=lambda: [[0.0, 0.0] for _ in range(24)])
     profile_n: list[int] = field(default_factory=lambda: [0] * 24)
+    # the night floor's step
+    night_id: int = -1
+    night_first: float = NAN
+    night_first_ts: int = 0
+    night_last: float = NAN
+    night_before: float = NAN
+    night_judged: bool = False
+    stepped_on: bool = False  # the last segment found one
 
 
 @dataclass(slots=True)
@@ -457,6 +476,7 @@ class ReferenceDetectors:
                     ),
                     half_span_ns=int((width - 1) * (x.interval.total_seconds() * 1e9) / 2),
                     daily=p.drift_mode != "night" and not record,
+                    night_step=(p.night_step if p.drift_mode == "night" and not record else INF),
                 )
             )
         rolling = stats == "rolling"
@@ -725,13 +745,16 @@ class ReferenceDetectors:
 
         # drift, per completed segment; a reading is judged by the one before its own.
         on_before = [st.on for st in self._state]
-        after = self._drift(events)
+        step_before = [st.stepped_on for st in self._state]
+        after, after_step = self._drift(events)
         for k, idx in runs:
             for i in idx:
                 r = seen[i]
                 assert r is not None
                 if after.get((k, r.seg - 1), on_before[k]):
                     flags[i] |= DRIFT
+                if after_step.get((k, r.seg - 1), step_before[k]):
+                    flags[i] |= STEP
 
         batch.flags |= np.array(flags, dtype=np.int32)
         np.maximum(batch.scores, np.array(scores, dtype=np.float32), out=batch.scores)
@@ -743,8 +766,11 @@ class ReferenceDetectors:
 
     # -- drift -----------------------------------------------------------------------------
 
-    def _drift(self, events: list[_Event]) -> dict[tuple[int, int], bool]:
-        """Update the averages with this batch's segments; ``on`` after each of them."""
+    def _drift(
+        self, events: list[_Event]
+    ) -> tuple[dict[tuple[int, int], bool], dict[tuple[int, int], bool]]:
+        """Update the averages with this batch's segments; ``on`` after each of them, and
+        whether each found a step of the night floor."""
         site = [e for e in events if self._config[e.series].mode == "site"]
         site.sort(key=lambda e: (self._config[e.series].site_group, e.t, e.series))
         for e in site:
@@ -758,6 +784,7 @@ class ReferenceDetectors:
             ]
             e.others = sum(others) / len(others) if others else NAN
         after: dict[tuple[int, int], bool] = {}
+        after_step: dict[tuple[int, int], bool] = {}
         for e in events:  # in each series' order
             cfg, st = self._config[e.series], self._state[e.series]
             stepped = e.seg in st.stepped
@@ -777,6 +804,9 @@ class ReferenceDetectors:
             hour = ((e.t - cfg.half_span_ns) // _HOUR_NS) % 24
             night_ok = hour >= _NIGHT_UTC_HOURS[0] or hour < _NIGHT_UTC_HOURS[1]
             usable = math.isfinite(cfg.threshold) and (cfg.p.drift_mode != "night" or night_ok)
+            floor = usable and self._night_floor(cfg, st, e.t, reading)
+            st.stepped_on = after_step[(e.series, e.seg)] = floor
+            stepped = stepped or floor
             if usable and math.isfinite(reading):
                 both = [reading, heat]
                 if cfg.daily:
@@ -797,7 +827,30 @@ class ReferenceDetectors:
                 warm = (e.t - st.drift_since) / 1e9 >= cfg.warm_s
                 st.on = warm and abs(apart) > cfg.threshold
             after[(e.series, e.seg)] = st.on
-        return after
+        return after, after_step
+
+    @staticmethod
+    def _night_floor(cfg: _Config, st: _State, t: int, level: float) -> bool:
+        """A night floor that began beyond ``night_step`` from where the night before
+        ended and, once the night has lasted NIGHT_STEP_SPAN_S, moved less than
+        NIGHT_STEP_FLAT of that jump: judged once per night."""
+        if not (math.isfinite(cfg.night_step) and math.isfinite(level)):
+            return False
+        night = (t - cfg.half_span_ns + _HOUR_NS) // (24 * _HOUR_NS)
+        if night != st.night_id:
+            st.night_before = st.night_last if st.night_id >= 0 else NAN
+            st.night_id, st.night_first, st.night_first_ts = night, level, t
+            st.night_judged = False
+        st.night_last = level
+        if st.night_judged or (t - st.night_first_ts) / 1e9 < NIGHT_STEP_SPAN_S:
+            return False
+        if not math.isfinite(st.night_before):
+            return False
+        st.night_judged = True
+        jump = st.night_first - st.night_before
+        return abs(jump) > cfg.night_step and abs(level - st.night_first) < NIGHT_STEP_FLAT * abs(
+            jump
+        )
 
     @staticmethod
     def _without_daily_cycle(st: _State, x: list[float], hour: int) -> list[float]:

@@ -371,8 +371,9 @@ class Detectors:
         flags[has_prev & (d_ns > rep(self.gap_ns))] |= AnomalyFlag.GAP
 
         reset = (flags & (AnomalyFlag.STEP | AnomalyFlag.SHIFT)) != 0
-        drifting = self.drift.judge(seg.events, t, temp, reset, s, seg.own, seg.ref)
+        drifting, floor_step = self.drift.judge(seg.events, t, temp, reset, s, seg.own, seg.ref)
         flags[drifting] |= AnomalyFlag.DRIFT
+        flags[floor_step] |= AnomalyFlag.STEP
 
         batch.flags[order] |= flags
         np.maximum(batch.scores[order], scores, out=scores)

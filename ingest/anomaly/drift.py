@@ -9,6 +9,13 @@ drifting sensor only itself), or, for a sensor alone at its site, averaged over 
 the daily cycle cancels; CO2 on the night floor only, which should sit near outdoor air.
 A reading is marked when the averages had parted by more than ``drift`` at the end of the
 segment before its own, so the flag of every reading depends only on earlier readings.
+
+The night floor also shows a step that the day hides: a classroom's sound level jumps by
+nature all day, so a sensor's offset is seen only when the empty room's floor moves. A
+drift moves the floor a little every hour; an offset moves it once. So the floor is a step
+when a night begins beyond ``night_step`` from where the night before ended and then stays
+flat for ``NIGHT_STEP_SPAN_S``: within the night it moves less than ``NIGHT_STEP_FLAT`` of
+that jump (a linear drift moves about a fifth as much in 3 h as between two nights).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ RECORD_SLOW_S = 3600.0
 RECORD_WARM_S = 900.0
 # Midnight to 05:00 in Dortmund in winter (01:00-06:00 in summer): rooms empty, CO2 at floor.
 _NIGHT_UTC_HOURS = (23, 4)
+NIGHT_STEP_SPAN_S = 3 * 3600.0
+NIGHT_STEP_FLAT = 0.05
 _HOUR_NS = 3_600_000_000_000
 _PROFILE_DAYS = 7  # the daily profile averages the last week or so
 _THERMAL_MEMORY_S = 14 * 86400.0  # seasons change the range, not the coefficient
@@ -57,6 +66,7 @@ class Drift(StateArrays):
         self.half_span_ns = ((width - 1) * interval_ns / 2).astype(np.int64)
         modes = [x.drift_mode for x in params]
         self.threshold = np.array([x.drift for x in params])
+        self.night_step = np.array([x.night_step for x in params])
         self.thermal = np.array([m == "thermal" for m in modes]) & (pair >= 0)
         # The coefficient the segment medians were compensated with, which is also the
         # regression's prior: 12 ue/K for strain, none for inclination and crack width.
@@ -109,9 +119,22 @@ class Drift(StateArrays):
         self.profile_n = np.zeros((n, 24), dtype=np.int64)
         # The night floor has no daily cycle; a record of minutes or hours has no day.
         self.daily = ~self.night & ~record
+        self.night_step = np.where(self.night & ~record, self.night_step, np.inf)
+        # The night floor's step: which night (days since the epoch of the morning it ends
+        # on), its first level and when, the level the night before ended on, and whether
+        # this night was judged; ``stepped_on``: the last segment found a step.
+        self.night_id = np.full(n, -1, dtype=np.int64)
+        self.night_first = np.full(n, np.nan)
+        self.night_first_ts = np.full(n, NO_TIME, dtype=np.int64)
+        self.night_last = np.full(n, np.nan)
+        self.night_before = np.full(n, np.nan)
+        self.night_judged = np.zeros(n, dtype=bool)
+        self.stepped_on = np.zeros(n, dtype=bool)
 
     _STATE = (
         "fast", "slow", "ts", "since", "on", "step_open", "level", "reg", "profile", "profile_n",
+        "night_id", "night_first", "night_first_ts", "night_last", "night_before",
+        "night_judged", "stepped_on",
     )  # fmt: skip
 
     def judge(
@@ -123,16 +146,19 @@ class Drift(StateArrays):
         series_of: I64,
         own: I64,
         ref: I64,
-    ) -> Bool:
+    ) -> tuple[Bool, Bool]:
         """Update the averages with the segments ``ev`` completed in this batch (in their
-        order: by series, then time) and return, per reading, whether it is marked.
-        ``own``/``ref``: per reading, the event of its own segment and of the one before
-        it (-1: incomplete, or ended in an earlier batch); ``reset``: readings marked as
-        a step or shift, after which the new level is the reference."""
+        order: by series, then time) and return, per reading, whether it is marked as a
+        drift and as a step of the night floor. ``own``/``ref``: per reading, the event of
+        its own segment and of the one before it (-1: incomplete, or ended in an earlier
+        batch); ``reset``: readings marked as a step or shift, after which the new level is
+        the reference."""
         # Readings judged against a segment of an earlier batch see the state as it was.
         current = self.on[series_of]
+        stepped_now = self.stepped_on[series_of]
         n_ev = len(ev.series)
         after = np.zeros(n_ev, dtype=bool)
+        after_step = np.zeros(n_ev, dtype=bool)
         if n_ev:
             te = t[ev.end]
             stepped = np.zeros(n_ev, dtype=bool)
@@ -156,12 +182,50 @@ class Drift(StateArrays):
             self.step_open[ev.series[first]] = False
             for k in range(int(kth.max()) + 1):
                 e = np.flatnonzero(kth == k)
-                self._update(e, ev.series[e], te[e], x[e], tend[e], usable[e], stepped[e], after)
+                rows = ev.series[e]
+                floor = self._night_floor(rows, te[e], x[e], usable[e])
+                after_step[e] = floor
+                self.stepped_on[rows] = floor
+                stepped[e] |= floor
+                self._update(e, rows, te[e], x[e], tend[e], usable[e], stepped[e], after)
         open_steps = np.flatnonzero(reset & (own < 0))
         self.step_open[series_of[open_steps]] = True
         has_ref = ref >= 0
         current[has_ref] = after[ref[has_ref]]
-        return current
+        stepped_now[has_ref] = after_step[ref[has_ref]]
+        return current, stepped_now
+
+    def _night_floor(self, rows: I64, te: I64, x: F64, usable: Bool) -> Bool:
+        """One segment of each series in ``rows``: is the night floor a step, judged once
+        per night when the night has lasted ``NIGHT_STEP_SPAN_S``?"""
+        out = np.zeros(len(rows), dtype=bool)
+        use = usable & np.isfinite(self.night_step[rows]) & np.isfinite(x)
+        if not use.any():
+            return out
+        r, t, level = rows[use], te[use], x[use]
+        night = (t - self.half_span_ns[r] + _HOUR_NS) // (24 * _HOUR_NS)
+        new = night != self.night_id[r]
+        # The night before ended where its last segment was (none: no night before yet).
+        self.night_before[r] = np.where(
+            new, np.where(self.night_id[r] >= 0, self.night_last[r], np.nan), self.night_before[r]
+        )
+        self.night_id[r] = night
+        self.night_first[r] = np.where(new, level, self.night_first[r])
+        self.night_first_ts[r] = np.where(new, t, self.night_first_ts[r])
+        self.night_judged[r] &= ~new
+        self.night_last[r] = level
+        due = ~self.night_judged[r] & ((t - self.night_first_ts[r]) / 1e9 >= NIGHT_STEP_SPAN_S)
+        due &= np.isfinite(self.night_before[r])
+        jump = self.night_first[r] - self.night_before[r]
+        within = level - self.night_first[r]
+        step = (
+            due
+            & (np.abs(jump) > self.night_step[r])
+            & (np.abs(within) < NIGHT_STEP_FLAT * np.abs(jump))
+        )
+        self.night_judged[r] |= due
+        out[use] = step
+        return out
 
     def _update(
         self,

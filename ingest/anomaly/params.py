@@ -45,6 +45,9 @@ class DetectorParams:
     # "thermal": after the series' own regression on its temperature; "night": the CO2
     # floor; "site": against the other series of the measurement at the site
     drift_mode: DriftMode = "plain"
+    # "night": a night floor that begins beyond this from where the night before ended and
+    # stays flat is a step (inf: off), for a series whose day is too lively for a step.
+    night_step: float = np.inf
     # In a room, a sudden change of this series says the air changed (a window opened), so
     # a jump of another of the room's series at that moment is no fault of its own.
     room_air: bool = False
@@ -98,7 +101,12 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     ),
     # CO2 drift is judged on the night floor, which should sit near outdoor air (~400 ppm).
     "co2": DetectorParams(
-        noise_floor=15.0, max_rate=100.0, drift=120.0, drift_fast_s=3600.0, drift_mode="night"
+        noise_floor=15.0,
+        max_rate=100.0,
+        drift=120.0,
+        drift_fast_s=3600.0,
+        drift_mode="night",
+        night_step=240.0,
     ),
     "humidity": _with_the_weather(
         noise_floor=0.5, max_rate=2.0, drift=3.0, drift_fast_s=3 * 3600.0
@@ -109,9 +117,9 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
     "pm10": DetectorParams(
         noise_floor=3.0, stuck_samples=30, max_rate=50.0, drift=12.0, drift_fast_s=6 * 3600.0
     ),
-    # A classroom's sound level jumps by nature (a lesson starts: 35 to 65 dB): no step,
-    # and a spike must stand more than 36 dB out. Its drift is judged on the empty room at
-    # night, whose background level (about 35 dB(A)) should not move.
+    # A classroom's sound level jumps by nature (a lesson starts: 35 to 65 dB): no step by
+    # day, and a spike must stand more than 36 dB out. Its drift and steps are judged on
+    # the empty room at night, whose background level (about 35 dB(A)) should not move.
     "noise": DetectorParams(
         noise_floor=3.0,
         spike_z=12.0,
@@ -120,6 +128,7 @@ DEFAULT_PARAMS: dict[str, DetectorParams] = {
         drift=6.0,
         drift_fast_s=3600.0,
         drift_mode="night",
+        night_step=12.0,
     ),
     # Light switches: on, off, a cloud, the blinds. Each is a jump that may stay or not,
     # so neither a spike nor a step says anything about the sensor.

@@ -477,3 +477,62 @@ def test_a_100_hz_series_first_readings_in_a_small_batch() -> None:
         np.array([ids["temperature"]], np.int32), np.array([T0], np.int64), np.array([15.0])
     )
     Detectors(registry.series).check(batch)
+
+
+CLASSROOM_NOISE = """\
+sites:
+  s1:
+    kind: school
+    name: S1
+    devices:
+      r1:
+        interval: 1m
+        measurements: [noise]
+"""
+
+
+def classroom_noise(days: int, seed: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """A classroom's sound level every minute: 35 dB(A) empty, 60-70 in lessons from
+    07:00 to 13:00 UTC on weekdays, with louder breaks."""
+    rng = np.random.default_rng(seed)
+    t = (T0 - T0 % (86400 * S)) + np.arange(days * 1440, dtype=np.int64) * 60 * S
+    hour = (t // (3600 * S)) % 24 + ((t // (60 * S)) % 60) / 60
+    weekday = ((t // (86400 * S)) + 3) % 7 < 5  # 1970-01-01 was a Thursday
+    lesson = weekday & (hour >= 7) & (hour < 13)
+    loud = lesson & (rng.random(len(t)) < 0.1)
+    v = 35.0 + rng.normal(0.0, 1.0, len(t)) + 28.0 * lesson + 8.0 * loud
+    return t, np.round(v, 1)
+
+
+@pytest.mark.parametrize(("fault", "stepped"), [("offset", True), ("drift", False), ("", False)])
+def test_a_sound_level_offset_is_a_step_of_the_night_floor(fault: str, stepped: bool) -> None:
+    """The sound level has no step detector by day: lessons jump by 30 dB. A sensor offset
+    of 20 dB that begins mid-morning shows when the empty room's floor is 20 dB higher all
+    night; a drift of 30 dB over two days moves that floor too, but within the night as
+    well, and is a drift, not a step. The same in every batching, and as the reference
+    judges it one reading at a time."""
+    registry = parse_registry(CLASSROOM_NOISE)
+    t, v = classroom_noise(7, seed=4)
+    onset = 3 * 1440 + 10 * 60  # day 3, 10:00 UTC
+    if fault == "offset":
+        v[onset:] += 20.0
+    elif fault == "drift":
+        v[onset:] += np.clip(np.arange(len(v) - onset) / (2 * 1440), 0.0, 1.0) * 30.0
+    columns = (np.zeros(len(v), np.int32), t, v)
+    flags_r, _ = feed(ReferenceDetectors(registry.series), columns, [slice(0, len(v))])
+    for cut in (17, 240, len(v)):
+        cuts = [slice(i, i + cut) for i in range(0, len(v), cut)]
+        flags_v, _ = feed(Detectors(registry.series), columns, cuts)
+        assert np.array_equal(flags_v, flags_r), describe(registry, columns, flags_v, flags_r)
+    step = np.flatnonzero(flags_r & int(AnomalyFlag.STEP))
+    drift = np.flatnonzero(flags_r & int(AnomalyFlag.DRIFT))
+    if stepped:
+        assert len(step) > 0
+        # Found in the night after the onset (23:00-04:00 UTC), within a day.
+        assert onset < step.min() < onset + 1440
+    else:
+        assert len(step) == 0
+    if fault == "drift":
+        assert len(drift) > 0
+    if not fault:
+        assert len(drift) == 0
