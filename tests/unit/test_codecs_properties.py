@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devices.codecs import Decoded, DecodeLimits, Decoder, ReadingRejected, RejectReason
+from devices.decoding import TimeWindow
+from devices.senml import SenmlDecoder
 from devices.topics import TopicRejected, TopicScheme
 from tests.support.registry import sample_registry
 
@@ -284,3 +286,66 @@ def test_a_repeated_key_is_refused(
         DECODER.decode(BRIDGE, ("[" + ",".join(parts) + "]").encode(), NOW_NS)
     assert info.value.reason is RejectReason.DUPLICATE_KEY
     assert repr(key) in info.value.detail
+
+
+# Packs of the common fields only, with the values that make the fast path step aside:
+# booleans, strings where numbers go, huge integers, unknown names and units, times at and
+# beyond the window, repeated instants.
+common_records = st.dictionaries(
+    st.sampled_from(["bn", "bt", "n", "v", "t", "u"]),
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False)
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.sampled_from([NOW_S, NOW_S - 1, NOW_S + 400, 0, -1.5, 2.0**28, 9.3e9, 1e308])
+    | st.sampled_from(["sg1/", "sg2/", "", "g1/strain", "g2/strain", "g1/temperature", "ue"])
+    | st.sampled_from(["Cel", "K", "degC", "/", "strain"]),
+    min_size=1,
+    max_size=6,
+)
+
+
+def outcome(payload: bytes, *, full: bool) -> object:
+    """What the decoder makes of the pack: the readings, or the rejection's reason and
+    detail. ``full`` reads every record through the strict model (``only`` all of them)."""
+    try:
+        n = len(json.loads(payload)) if full else 0
+        only = range(max(n, 1)) if full else None
+        d = DECODER.decode(BRIDGE, payload, NOW_NS, only=only)
+    except ReadingRejected as exc:
+        return ("rejected", exc.reason, exc.detail)
+    return (list(d.series), list(d.ts_ns), list(d.values), d.receipt_timed, list(d.rejected))
+
+
+@settings(UNTIMED, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(common_records, min_size=1, max_size=5), st.booleans())
+def test_the_fast_path_reads_a_pack_as_the_full_model_does(
+    records: list[dict[str, object]], spaced: bool
+) -> None:
+    """Packs of the common fields skip the pydantic model (``SenmlDecoder.common``); for
+    any such pack the result must be what reading every record through the model gives:
+    the same readings, or the same rejection."""
+    payload = json.dumps(records, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    assert outcome(payload, full=False) == outcome(payload, full=True)
+
+
+@pytest.mark.parametrize(
+    ("records", "fast"),
+    [
+        ([{"bn": "sg1/", "bt": NOW_S, "n": "g1/strain", "v": 1.5}], True),
+        ([{"bn": "sg1/", "n": "g1/strain", "v": 2, "t": -10}, {"n": "g2/strain", "v": 3}], True),
+        ([{"bn": "sg1/", "bt": NOW_S, "n": "g1/strain", "v": 1.5, "u": "ue"}], True),
+        ([{"bn": "sg1/", "bt": NOW_S, "n": "g1/strain", "bv": 1.0, "v": 0.5}], False),
+        ([{"bn": "sg1/", "bt": NOW_S, "n": "g1/strain", "v": True}], False),
+        ([{"bn": "sg1/", "bt": NOW_S, "n": "g9/strain", "v": 1.5}], False),
+        ([{"bn": "sg1/", "bt": NOW_S, "n": "g1/strain", "v": 1.5, "v ": 2}], False),
+    ],
+)
+def test_which_packs_take_the_fast_path(records: list[dict[str, object]], fast: bool) -> None:
+    """The common shapes of real devices are read without the model; anything else (a
+    base value, a boolean, an unknown name, another field) is left to the full reading."""
+    window = TimeWindow(NOW_NS, 300 * 10**9, 86400 * 10**9)
+    got = SenmlDecoder(100).common("sg1", SG1, json.dumps(records).encode(), window)
+    assert (got is not None) == fast
+    if got is not None:
+        assert got.values == [float(r["v"]) for r in records]  # type: ignore[arg-type]
