@@ -1,13 +1,14 @@
 """Anomaly detection evaluation on labelled simulator traces, in several arrival patterns.
 
-    python -m bench.eval_anomaly [--seeds 1 2 3] [--held-out 21 22 23] [--days 7]
+    python -m bench.eval_anomaly [--seeds 1 2 3] [--held-out 41 42 43 44 45 46] [--days 7]
         [--per-kind 6] [--patterns live blocks minutes hour backlog] [--live-tick 10]
         [--hr-records 1] [--workers 2] [--detectors ingest.anomaly]
 
 Two seed sets run the same way and are reported apart: the tuning seeds (1, 2, 3), on
-which detector defaults may be tuned, and the held-out seeds (21, 22, 23), which nobody
-tunes on; the targets are judged on the held-out set. (Seeds 11, 12 and 13 served as a
-second tuning set while the detectors were written, so they are held out no longer.)
+which detector defaults may be tuned, and the held-out seeds (41-46), which nobody tunes
+on; the targets are judged on the held-out set. Six held-out seeds give 36 windows per
+fault kind, so one miss moves a recall by 0.03, not 0.06. (Seeds 4-9 and 11-13 served as
+further tuning sets, and 21-23 and 31-33 were held out until their misses had been seen.)
 
 Week scenario (``bench/eval_week.py``). For each seed the simulator produces one week
 (starting Monday 00:00 local time; the seeds of a set cycle through a winter, a spring and
@@ -131,7 +132,7 @@ from devices.registry import Registry, parse_registry
 from devices.simulator import FaultKind
 
 TUNING_SEEDS: Final = (1, 2, 3)
-HELD_OUT_SEEDS: Final = (21, 22, 23)
+HELD_OUT_SEEDS: Final = (41, 42, 43, 44, 45, 46)
 
 # Issue 12, judged per arrival pattern on the held-out seeds.
 RECALL_TARGETS: Final[dict[FaultKind, float]] = {

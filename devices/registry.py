@@ -67,6 +67,9 @@ class DetectorsModel(_Strict):
     max_rate: float | None = Field(default=None, gt=0, description="per second")
     gap_factor: float | None = Field(default=None, gt=1)
     drift: float | None = Field(default=None, gt=0)
+    night_step: float | None = Field(
+        default=None, gt=0, description="a step of the night floor (CO2, noise)"
+    )
 
     def settings(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

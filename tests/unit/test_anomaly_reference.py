@@ -536,3 +536,18 @@ def test_a_sound_level_offset_is_a_step_of_the_night_floor(fault: str, stepped: 
         assert len(drift) > 0
     if not fault:
         assert len(drift) == 0
+
+
+def test_the_night_floor_step_follows_the_registry() -> None:
+    """``night_step`` is set per measurement in the registry like every threshold: raised
+    above the offset, the offset is no step."""
+    t, v = classroom_noise(7, seed=4)
+    v[3 * 1440 + 600 :] += 20.0
+    columns = (np.zeros(len(v), np.int32), t, v)
+    marked = {}
+    for threshold in (12.0, 30.0):
+        text = f"detectors:\n  noise: {{night_step: {threshold}}}\n" + CLASSROOM_NOISE
+        registry = parse_registry(text)
+        flags, _ = feed(Detectors(registry.series), columns, [slice(0, len(v))])
+        marked[threshold] = bool((flags & int(AnomalyFlag.STEP)).any())
+    assert marked == {12.0: True, 30.0: False}
