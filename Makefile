@@ -6,12 +6,13 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics chromium:chromium prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers eval-anomaly eval-real real-data bench-anomaly bench-export faults soak clean
+.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers bench-peers eval-anomaly eval-real real-data bench-anomaly bench-export faults soak clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
 	@echo "make test   - set up and run lint, type checks and the whole test suite"
 	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
+	@echo "make bench-peers - Stadtpuls next to Node-RED 5 into one VictoriaMetrics (installs Node.js 22 and Node-RED under ~/.cache)"
 	@echo "make eval-anomaly  - detector recall and false alarms on simulator traces, in every arrival pattern"
 	@echo "make eval-real     - the anomaly check on real public data (office air, bridge strain)"
 	@echo "make bench-anomaly - the anomaly check's speed against a per-sample reference"
@@ -89,6 +90,12 @@ bench: tools sync
 # The multi-worker part of `make bench` alone: readings/s with 1, 2 and 3 worker processes.
 bench-workers: tools sync
 	$(UV) run python -m bench.workers
+
+# Stadtpuls and Node-RED 5 (node-red-contrib-influxdb) on the same stream into one
+# VictoriaMetrics. bench/nodered/install.sh puts a private Node.js 22 and Node-RED under
+# the user's cache, at the versions of bench/nodered/package-lock.json.
+bench-peers: tools sync
+	$(UV) run python -m bench.peers
 
 # Labelled simulator traces with injected faults, each fed in five arrival patterns:
 # recall, false alarms, and the agreement of the flags between patterns.
