@@ -17,6 +17,7 @@ import pytest
 
 from stadtpuls.broker import MosquittoBroker
 from tests.support.loadgen import reading
+from tests.support.processes import ServiceFactory
 from tests.support.service import ServiceProcess
 from tests.support.waiting import wait_until
 
@@ -81,9 +82,16 @@ def assert_exactly_once(db: Path, load: Load, acked: list[int]) -> None:
     assert all(stored[ts] == v for ts, v in expected.items()), "a stored value was altered"
 
 
+# Both MQTT versions keep the guarantee: 3.1.1 through a clean-session-off session that the
+# broker keeps (Mosquitto: persistent_client_expiration), 5 through Session Expiry.
+PROTOCOLS = pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+
+
+@PROTOCOLS
 def test_sigkill_mid_stream_loses_nothing(
-    tmp_path: Path, broker: MosquittoBroker, service: ServiceProcess
+    tmp_path: Path, broker: MosquittoBroker, service_factory: ServiceFactory, protocol: str
 ) -> None:
+    service = service_factory(broker.port, mqtt={"protocol": protocol})
     load = start_load(tmp_path, broker.port, count=12_000, rate=2_000, name="kill")
     wait_until(lambda: count_strain(service.db) > 3_000, 30, "the first readings stored")
     service.kill()
@@ -94,9 +102,11 @@ def test_sigkill_mid_stream_loses_nothing(
     assert_exactly_once(service.db, load, acked)
 
 
+@PROTOCOLS
 def test_broker_restart_mid_stream_loses_nothing(
-    tmp_path: Path, broker: MosquittoBroker, service: ServiceProcess
+    tmp_path: Path, broker: MosquittoBroker, service_factory: ServiceFactory, protocol: str
 ) -> None:
+    service = service_factory(broker.port, mqtt={"protocol": protocol})
     load = start_load(tmp_path, broker.port, count=8_000, rate=1_000, name="restart")
     wait_until(lambda: count_strain(service.db) > 2_000, 30, "the first readings stored")
     broker.restart()
