@@ -168,7 +168,9 @@ class IngestLoop:
 
     Decoding runs on this loop's thread and the commit on a second one, one batch apart:
     SQLite releases the GIL while it writes, so the next batch is decoded meanwhile on the
-    other core. A single committer keeps commits and acknowledgements in arrival order.
+    other core (the stores write thousands of rows per statement, see
+    ``LocalDatabase.commit``, or the decoder would take the GIL from every row). A single
+    committer keeps commits and acknowledgements in arrival order.
     """
 
     def __init__(self, source: MessageSource, pipeline: Pipeline, settings: BatchSettings) -> None:

@@ -22,6 +22,12 @@ from devices.registry import Series
 from ingest.batch import ReadingBatch, Receipt, Rejection, message_digest
 from ingest.stores.sqlitefile import SqliteFile
 
+# A reading's row in the stores' insert statements, and how many rows one statement
+# carries: five parameters each, under SQLite's limit of 32,766 per statement.
+_ROW = "(?, ?, ?, ?, ?)"
+_ONE_ROW = f"VALUES {_ROW}"
+ROWS_PER_STATEMENT = 6000
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
@@ -133,11 +139,27 @@ class LocalDatabase:
     ) -> None:
         """One batch in one transaction: readings (with the store's own statement taking
         series id, ts_ns, value, anomaly, score), quarantine records and receipt times."""
-        rows = self.reading_rows(batch)
+        head, values, tail = insert_readings.partition(_ONE_ROW)
+        if not values:
+            raise ValueError(f"the readings statement must insert {_ONE_ROW}")
+        columns = self.reading_columns(batch)
         with self.transaction() as cur:
             self.add_rejections(cur, rejected)
             self.add_receipts(cur, receipts)
-            cur.executemany(insert_readings, rows)
+            # Thousands of rows per statement, not one: sqlite3 lets go of the GIL around
+            # every statement it steps, and with another thread busy in Python each
+            # hand-back waits out the switch interval (5 ms). Per row, 200,000 rows took
+            # minutes; per statement, SQLite's own work runs beside the decoder.
+            n = len(batch)
+            for start in range(0, n, ROWS_PER_STATEMENT):
+                end = min(n, start + ROWS_PER_STATEMENT)
+                rows = end - start
+                sql = f"{head}VALUES {','.join([_ROW] * rows)}{tail}"
+                # Interleaved by slice assignment: half the cost of zipping the rows.
+                params: list[int | float | None] = [None] * (len(columns) * rows)
+                for k, column in enumerate(columns):
+                    params[k :: len(columns)] = column[start:end]
+                cur.execute(sql, params)
 
     @staticmethod
     def add_rejections(cur: sqlite3.Cursor, rejected: Sequence[Rejection]) -> None:
@@ -188,16 +210,16 @@ class LocalDatabase:
             ).fetchone()
         return None if row is None else int(row[0])
 
-    def reading_rows(self, batch: ReadingBatch) -> zip[tuple[int, int, float, int, float]]:
-        """Rows of (series id, ts_ns, value, anomaly, score), built column-wise for speed."""
-        return zip(
+    def reading_columns(self, batch: ReadingBatch) -> list[list[int] | list[float]]:
+        """The columns (series id, ts_ns, value, anomaly, score) as Python lists: one
+        conversion per column is far cheaper than one per value."""
+        return [
             self.series_ids[batch.series].tolist(),
             batch.ts_ns.tolist(),
             batch.values.tolist(),
             batch.flags.tolist(),
             batch.scores.tolist(),
-            strict=True,
-        )
+        ]
 
     def writable(self) -> bool:
         try:

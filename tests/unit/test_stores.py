@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ingest.batch import ReadingBatch
+from ingest.stores.base import ReadingQuery
+from ingest.stores.local import ROWS_PER_STATEMENT, SqliteSettings
+from ingest.stores.sqlite import SqliteStore
+from tests.support.registry import sample_registry
 from tests.support.stores import LocalStore, StoreRig
 
 
@@ -37,3 +41,34 @@ def test_store_maintenance_truncates_the_wal(store: LocalStore, store_rig: Store
     store.maintain()
     assert wal.stat().st_size == 0
     assert store_rig.count() == n  # nothing lost by folding the WAL in
+
+
+def test_a_batch_larger_than_one_statement_is_stored_whole(
+    store: LocalStore, store_rig: StoreRig
+) -> None:
+    """A batch is written thousands of rows per statement: one of two and a half
+    statements' worth of readings arrives whole, the last partial statement included."""
+    n = 2 * ROWS_PER_STATEMENT + ROWS_PER_STATEMENT // 2 + 7
+    ts = np.arange(n, dtype=np.int64) * 1_000_000_000 + 1_700_000_000 * 10**9
+    store.commit(ReadingBatch.unchecked(np.zeros(n), ts, np.arange(n, dtype=np.float64)), [])
+    assert store_rig.count() == n
+
+
+def test_a_reading_repeated_across_statements_keeps_its_last_value(tmp_path: Path) -> None:
+    """The same key twice in one batch, in different statements of its commit: the later
+    value and flags are stored, as with one statement per row."""
+    registry = sample_registry()
+    store = SqliteStore(SqliteSettings(tmp_path / "s.db"), registry.series)
+    n = ROWS_PER_STATEMENT + 10
+    ts = np.arange(n, dtype=np.int64) * 1_000_000_000 + 1_700_000_000 * 10**9
+    ts[-1] = ts[0]
+    values = np.arange(n, dtype=np.float64)
+    batch = ReadingBatch.unchecked(np.zeros(n), ts, values)
+    batch.flags[-1] = 4
+    store.commit(batch, [])
+    assert store.count() == n - 1
+    series = registry.series[0].key
+    query = ReadingQuery(series.site, int(ts[0]), int(ts[0]) + 1)
+    (first,) = list(store.readings(query))
+    assert (first.value, first.anomaly) == (float(n - 1), 4)
+    store.close()
