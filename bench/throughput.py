@@ -358,7 +358,9 @@ class Scenario:
 
     @property
     def bare_peer(self) -> str:
-        return "bare-block" if self.blocks else f"bare-mqtt{'5' if self.protocol == 5 else '3.1.1'}"
+        if self.blocks:
+            return "bare-block" if self.protocol == 5 else "bare-block-mqtt3.1.1"
+        return f"bare-mqtt{'5' if self.protocol == 5 else '3.1.1'}"
 
 
 SCENARIOS = [
@@ -369,7 +371,9 @@ SCENARIOS = [
     Scenario("stadtpuls-influx(vm)-mqtt5", "influx", 5, "single"),
     Scenario("stadtpuls-2workers-sqlite-mqtt5", "workers", 5, "sites"),
     Scenario("bare-block", "bare", 5, "block", blocks=True),
+    Scenario("bare-block-mqtt3.1.1", "bare", 4, "block", blocks=True),
     Scenario("stadtpuls-sqlite-block", "sqlite", 5, "block", blocks=True),
+    Scenario("stadtpuls-sqlite-block-mqtt3.1.1", "sqlite", 4, "block", blocks=True),
 ]
 
 

@@ -27,10 +27,18 @@ class ListSource:
         with self._lock:
             return len(self._messages)
 
-    def take(self, max_messages: int, max_wait: timedelta) -> list[InboundMessage]:
+    def take(
+        self, max_messages: int, max_wait: timedelta, max_bytes: int | None = None
+    ) -> list[InboundMessage]:
         with self._lock:
-            out = self._messages[:max_messages]
-            del self._messages[:max_messages]
+            n, size = 0, 0
+            for m in self._messages[:max_messages]:
+                n += 1
+                size += len(m.payload)
+                if max_bytes is not None and size >= max_bytes:
+                    break
+            out = self._messages[:n]
+            del self._messages[:n]
         if not out:
             self.drained.wait(min(max_wait.total_seconds(), 0.05))
         return out

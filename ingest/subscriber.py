@@ -209,17 +209,23 @@ class MqttSubscriber:
 
     # MessageSource
 
-    def take(self, max_messages: int, max_wait: timedelta) -> list[InboundMessage]:
+    def take(
+        self, max_messages: int, max_wait: timedelta, max_bytes: int | None = None
+    ) -> list[InboundMessage]:
         q = self._queue
         try:
             first = q.get(timeout=0.2)
         except queue.Empty:
             return []
         out = [first]
+        size = len(first.payload)
+        limit = max_bytes if max_bytes is not None else float("inf")
         deadline = time.monotonic() + max_wait.total_seconds()
-        while len(out) < max_messages:
+        while len(out) < max_messages and size < limit:
             try:
-                out.append(q.get_nowait())
+                m = q.get_nowait()
+                out.append(m)
+                size += len(m.payload)
             except queue.Empty:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -173,7 +173,9 @@ class Service:
         self.loop = IngestLoop(
             self.subscriber,
             self.pipeline,
-            BatchSettings(settings.batch.max_messages, settings.batch.max_wait),
+            BatchSettings(
+                settings.batch.max_messages, settings.batch.max_wait, settings.batch.max_bytes
+            ),
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)

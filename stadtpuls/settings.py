@@ -145,6 +145,8 @@ class StoreSection(_Section):
 class BatchSection(_Section):
     max_messages: int = Field(default=2000, ge=1)
     max_wait: Duration = timedelta(milliseconds=100)
+    # Payload bytes that close a batch early: blocks of 100 samples fill it at about 700.
+    max_bytes: int = Field(default=1 << 20, ge=1024)
 
 
 class LimitsSection(_Section):

@@ -269,3 +269,32 @@ def test_redelivery_during_the_commit_of_its_first_copy_is_stored_once(
     thread.join(10)
     rows = store_rig.stored(ReadingQuery("s1", *EVERYTHING))
     assert [(r.ts_ns, r.value) for r in rows] == [(first.received_ns, 777.0)]
+
+
+def test_a_batch_closes_once_its_payloads_reach_max_bytes(
+    store: LocalStore, store_rig: StoreRig
+) -> None:
+    """Blocks of a hundred samples are a thousand times a single reading's bytes: a batch
+    stops growing at ``max_bytes`` as well as at ``max_messages``, so a burst of blocks is
+    committed in pieces the next batch need not wait long for."""
+    registry = sample_registry()
+    pipeline = Pipeline(
+        Decoder(registry, TopicScheme(), DecodeLimits()),
+        LimitCheck(registry.series),
+        store,
+        IngestMetrics(),
+    )
+    messages = [msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 60 + i, float(i))) for i in range(6)]
+    size = len(messages[0].payload)
+    source = ListSource(messages)
+    settings = BatchSettings(max_messages=100, max_bytes=int(2.5 * size))
+    loop = IngestLoop(source, pipeline, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    assert source.drained.wait(10)
+    stop.set()
+    thread.join(10)
+    assert loop.batches == 2  # three messages each: the third reaches the limit
+    assert source.acked == messages
+    assert len(store_rig.stored(ReadingQuery("b1", *EVERYTHING))) == 6
