@@ -1,4 +1,6 @@
-"""Several ingest workers: how throughput grows with the number of worker processes.
+"""Several ingest workers: how throughput grows with the number of worker processes,
+measured as the **drain of a queued session** (it leaves out filling the pipeline while a
+publisher is still sending; ``make bench`` times 2 workers fed live).
 
 Method. The stream (single-reading SenML messages spread round robin over ``SITES``
 bridges) is published once, after every configuration's sessions exist, so each
@@ -160,7 +162,7 @@ def measure(port: int, root: Path, counts: tuple[int, ...] = WORKER_COUNTS) -> d
         rates[count] = total / (max(o[2] for o in outcomes) - min(o[1] for o in outcomes))
         largest_share[count] = max(o[4] for o in outcomes) / MESSAGES
         print(
-            f"{count} worker(s): {rates[count]:10,.0f} readings/s "
+            f"{count} worker(s), draining queued sessions: {rates[count]:10,.0f} readings/s "
             f"({rates[count] / rates[counts[0]]:.2f}x of {counts[0]}; "
             f"largest share {largest_share[count]:.0%} of the stream)",
             flush=True,
