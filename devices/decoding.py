@@ -84,6 +84,17 @@ class TimeWindow:
         return None
 
 
+def senml_time_ns(t: float, received_ns: int) -> tuple[int, bool] | None:
+    """A SenML time in ns since the epoch, and whether it counted from the receipt (a time
+    below 2**28 s, RFC 8428 4.5.3); ``None`` beyond int64 nanoseconds."""
+    if abs(t) < RELATIVE_TIME_LIMIT:
+        return received_ns + round(t * 1_000_000) * 1000, True
+    if abs(t) <= INT64_SECONDS:
+        # Microsecond resolution keeps float noise out of the reading key.
+        return round(t * 1_000_000) * 1000, False
+    return None
+
+
 def check_plausible(t: float, what: str) -> None:
     """Refuse times that do not fit int64 nanoseconds (years 1677-2262) before converting."""
     if -INT64_SECONDS <= t <= INT64_SECONDS:

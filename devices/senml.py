@@ -17,13 +17,12 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from devices.decoding import (
-    INT64_SECONDS,
     NS,
-    RELATIVE_TIME_LIMIT,
     Decoded,
     TimeWindow,
     check_plausible,
     check_unique_keys,
+    senml_time_ns,
 )
 from devices.registry import Series
 from devices.rejections import (
@@ -188,12 +187,10 @@ class SenmlDecoder:
             t = bt + (r.t or 0.0)
             ts: int | None = None
             late: ReadingRejected | None = None
-            if abs(t) < RELATIVE_TIME_LIMIT:
-                receipt_timed = True
-                ts = window.received_ns + round(t * 1_000_000) * 1000
-            elif abs(t) <= INT64_SECONDS:
-                # Microsecond resolution keeps float noise out of the reading key.
-                ts = round(t * 1_000_000) * 1000
+            timed = senml_time_ns(t, window.received_ns)
+            if timed is not None:
+                ts, relative = timed
+                receipt_timed |= relative
             else:
                 try:
                     check_plausible(t, f"record {i} ({name})")
@@ -290,14 +287,11 @@ class SenmlDecoder:
             value = 0.0 + value
             if not series.minimum <= value <= series.maximum:
                 return None
-            at = bt + (rel or 0.0)
-            if abs(at) < RELATIVE_TIME_LIMIT:
-                receipt_timed = True
-                ts = window.received_ns + round(at * 1_000_000) * 1000
-            elif abs(at) <= INT64_SECONDS:
-                ts = round(at * 1_000_000) * 1000
-            else:
+            timed = senml_time_ns(bt + (rel or 0.0), window.received_ns)
+            if timed is None:
                 return None
+            ts, relative = timed
+            receipt_timed |= relative
             if not window.oldest_ns <= ts <= window.newest_ns or (name, ts) in instants:
                 return None
             instants.add((name, ts))
