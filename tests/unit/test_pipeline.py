@@ -43,6 +43,14 @@ def strain(t: float, v: float) -> bytes:
 
 
 def run(store: LocalStore, messages: list[InboundMessage], batch: int = 3) -> ListSource:
+    source, _ = run_loop(store, messages, BatchSettings(max_messages=batch))
+    return source
+
+
+def run_loop(
+    store: LocalStore, messages: list[InboundMessage], settings: BatchSettings
+) -> tuple[ListSource, IngestLoop]:
+    """The pipeline on ``messages`` until every one is acknowledged, then stopped."""
     registry = sample_registry()
     pipeline = Pipeline(
         Decoder(registry, TopicScheme(), DecodeLimits()),
@@ -51,14 +59,14 @@ def run(store: LocalStore, messages: list[InboundMessage], batch: int = 3) -> Li
         IngestMetrics(),
     )
     source = ListSource(messages)
-    loop = IngestLoop(source, pipeline, BatchSettings(max_messages=batch))
+    loop = IngestLoop(source, pipeline, settings)
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
     assert source.drained.wait(10)
     stop.set()
     thread.join(10)
-    return source
+    return source, loop
 
 
 def test_good_readings_stored_bad_quarantined_all_acked_in_order(
@@ -277,24 +285,10 @@ def test_a_batch_closes_once_its_payloads_reach_max_bytes(
     """Blocks of a hundred samples are a thousand times a single reading's bytes: a batch
     stops growing at ``max_bytes`` as well as at ``max_messages``, so a burst of blocks is
     committed in pieces the next batch need not wait long for."""
-    registry = sample_registry()
-    pipeline = Pipeline(
-        Decoder(registry, TopicScheme(), DecodeLimits()),
-        LimitCheck(registry.series),
-        store,
-        IngestMetrics(),
-    )
     messages = [msg("stadtpuls/bridge/b1/sg1", strain(NOW_S - 60 + i, float(i))) for i in range(6)]
     size = len(messages[0].payload)
-    source = ListSource(messages)
     settings = BatchSettings(max_messages=100, max_bytes=int(2.5 * size))
-    loop = IngestLoop(source, pipeline, settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=loop.run, args=(stop,))
-    thread.start()
-    assert source.drained.wait(10)
-    stop.set()
-    thread.join(10)
+    source, loop = run_loop(store, messages, settings)
     assert loop.batches == 2  # three messages each: the third reaches the limit
     assert source.acked == messages
     assert len(store_rig.stored(ReadingQuery("b1", *EVERYTHING))) == 6
