@@ -66,8 +66,8 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.publish import DEVICES, GAUGES
-from bench.throughput import cpu_seconds, create_session, peak_rss_mb
+from bench.publish import DEVICES
+from bench.throughput import bench_registry_yaml, cpu_seconds, create_session, peak_rss_mb
 from bench.workers import registry_yaml as sites_registry_yaml
 from devices.registry import load_registry
 from stadtpuls.broker import MosquittoBroker
@@ -230,11 +230,7 @@ class Store:
 def registry_yaml() -> str:
     """The 300 sites of `sites` mode plus the site ``bench`` of `block`: 100 Hz gauges,
     registered as such, since the detectors size their windows by the interval."""
-    channels = ", ".join(f"g{g}: [strain]" for g in range(1, GAUGES + 1))
-    bench = "  bench:\n    kind: bridge\n    name: Bench bridge\n    devices:\n" + "".join(
-        f"      sg{d:02d}:\n        interval: 10ms\n        channels: {{{channels}}}\n"
-        for d in range(DEVICES)
-    )
+    bench = bench_registry_yaml("10ms").removeprefix("sites:\n")
     return sites_registry_yaml() + bench
 
 
