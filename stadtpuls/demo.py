@@ -159,7 +159,7 @@ def run_demo(
         before = _per_site(settings.database_path, registry)
         service = Service(settings, registry)
         service.start()
-        service.subscriber.wait_connected(10)
+        service.source.wait_connected(10)
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,7 +25,7 @@ from export.tokens import TokenStore
 from ingest.anomaly import Detectors
 from ingest.batch import ReadingBatch
 from ingest.metrics import IngestMetrics
-from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, Pipeline
+from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, MessageSource, Pipeline
 from ingest.secrets import plain_settings
 from ingest.stores.base import ReadingSource, Store, WriteStats
 from ingest.stores.flux import FluxSource
@@ -30,6 +33,9 @@ from ingest.stores.influx import InfluxSettings, InfluxStore
 from ingest.stores.local import SqliteSettings
 from ingest.stores.sqlite import SqliteStore
 from ingest.subscriber import MqttSettings, MqttSubscriber
+
+if TYPE_CHECKING:
+    from ingest.nats_source import JetStreamSource, NatsSettings, NatsSubjects
 from stadtpuls.alerting import Alerting
 from stadtpuls.settings import Settings, config_warnings
 from stadtpuls.web import HttpServer, build_app
@@ -76,6 +82,68 @@ def export_caps(settings: Settings) -> ExportCaps:
 
 def mqtt_settings(settings: Settings) -> MqttSettings:
     return plain_settings(MqttSettings, settings.mqtt)
+
+
+def nats_settings(settings: Settings) -> NatsSettings:
+    from ingest.nats_source import NatsSettings
+
+    return plain_settings(NatsSettings, settings.nats)
+
+
+def nats_subjects(settings: Settings) -> NatsSubjects:
+    from ingest.nats_source import NatsSubjects
+
+    n = settings.nats
+    return NatsSubjects(settings.topic_prefix, n.partitions, n.consumer_prefix)
+
+
+class Source(MessageSource, Protocol):
+    """What the service runs on: the MQTT subscriber or the JetStream source."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def wait_connected(self, timeout: float) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _PartitionState:
+    """Checkpoints the anomaly state of the partitions a batch touched into NATS, at most
+    once a second each, and restores a partition's state when this worker takes it over:
+    the worker that takes a partition judges its next readings as the last holder would
+    have, but for what was committed after the last checkpoint."""
+
+    def __init__(
+        self, detectors: Detectors, registry: Registry, subjects: NatsSubjects, every_s: float = 1.0
+    ) -> None:
+        self.detectors = detectors
+        self.every_s = every_s
+        part = np.array(
+            [subjects.partition_of(s.key.site) for s in registry.series], dtype=np.int64
+        )
+        self.partition_of_series = part
+        self.rows = {p: np.flatnonzero(part == p) for p in np.unique(part).tolist()}
+        self._saved: dict[int, float] = {}
+        self.source: JetStreamSource | None = None
+
+    def gained(self, partition: int, snapshot: bytes | None) -> None:
+        if snapshot is None:
+            return
+        restored = self.detectors.restore(snapshot)
+        log.info("partition %d: anomaly state of %d series restored", partition, restored)
+
+    def batch_committed(self, batch: ReadingBatch) -> None:
+        source = self.source
+        if source is None or len(batch) == 0:
+            return
+        now = time.monotonic()
+        for p in np.unique(self.partition_of_series[batch.series]).tolist():
+            if now - self._saved.get(p, -math.inf) >= self.every_s:
+                self._saved[p] = now
+                source.checkpoint(p, self.detectors.snapshot(self.rows[p]))
 
 
 class _StateSaver:
@@ -164,14 +232,16 @@ class Service:
             self.metrics,
             [*listeners, *alert_listeners, _StateSaver(self.detectors, self.anomaly_state_path)],
         )
-        self.subscriber = MqttSubscriber(
-            replace(mqtt_settings(settings), client_id=self.share.client_id),
-            self.share.subscriptions,
-            self.metrics,
-            self.share.unsubscriptions,
-        )
+        if settings.source == "nats":
+            self.partition_state: _PartitionState | None = _PartitionState(
+                self.detectors, registry, nats_subjects(settings)
+            )
+            self.pipeline.listeners.append(self.partition_state)
+        else:
+            self.partition_state = None
+        self.source = self._build_source(registry)
         self.loop = IngestLoop(
-            self.subscriber,
+            self.source,
             self.pipeline,
             BatchSettings(
                 settings.batch.max_messages, settings.batch.max_wait, settings.batch.max_bytes
@@ -207,6 +277,25 @@ class Service:
         )
         self.http = HttpServer(app, settings.http.host, settings.http.port)
 
+    def _build_source(self, registry: Registry) -> Source:
+        settings = self.settings
+        if settings.source == "nats":
+            from ingest.nats_source import JetStreamSource
+
+            state = self.partition_state
+            assert state is not None
+            source = JetStreamSource(
+                nats_settings(settings), nats_subjects(settings), self.metrics, state.gained
+            )
+            state.source = source
+            return source
+        return MqttSubscriber(
+            replace(mqtt_settings(settings), client_id=self.share.client_id),
+            self.share.subscriptions,
+            self.metrics,
+            self.share.unsubscriptions,
+        )
+
     @property
     def anomaly_state_path(self) -> Path:
         return self.settings.worker_dir / "anomaly-state.npz"
@@ -218,12 +307,28 @@ class Service:
             log.exception("the ingest loop stopped")
             raise
 
+    @property
+    def source_description(self) -> str:
+        s = self.settings
+        if s.source == "nats":
+            return f"NATS {', '.join(s.nats.servers)} ({s.nats.partitions} partitions)"
+        return f"broker {s.mqtt.host}:{s.mqtt.port}"
+
     def readiness(self) -> dict[str, bool]:
         return {
-            "broker_connected": self.subscriber.connected,
+            "broker_connected": self.source.connected,
+            **self._nats_ready(),
             "store_writable": self.store.writable(),
             "ingest_running": self._thread.is_alive(),
         }
+
+    def _nats_ready(self) -> dict[str, bool]:
+        # Without its consumers NATS PUBACKs a device's message and keeps it for no one.
+        from ingest.nats_source import JetStreamSource
+
+        if isinstance(self.source, JetStreamSource):
+            return {"nats_consumers": not self.source.missing}
+        return {}
 
     def _health(self) -> PipelineHealth:
         status = self.status()
@@ -255,7 +360,7 @@ class Service:
             stored=total("stadtpuls_readings_stored_total"),
             rejected=rejected,
             journal_depth=self.store.journal_depth(),
-            connected=self.subscriber.connected,
+            connected=self.source.connected,
         )
 
     def caught_up(self) -> bool:
@@ -271,14 +376,13 @@ class Service:
         gc.collect()
         gc.freeze()
         self.http.start()
-        self.subscriber.start()
+        self.source.start()
         self._thread.start()
         if self.alerting is not None:
             self.alerting.start()
         log.info(
-            "stadtpuls running: broker %s:%d, store %s, http %s:%d",
-            self.settings.mqtt.host,
-            self.settings.mqtt.port,
+            "stadtpuls running: %s, store %s, http %s:%d",
+            self.source_description,
             self.settings.store.backend,
             self.settings.http.host,
             self.http.port,
@@ -289,7 +393,7 @@ class Service:
         self._thread.join(timeout=30)
         # Saved once the loop has stopped, so no batch changes it meanwhile.
         self.detectors.save(self.anomaly_state_path)
-        self.subscriber.stop()
+        self.source.stop()
         if self.alerting is not None:
             self.alerting.stop()
         self.http.stop()

@@ -203,6 +203,43 @@ class ExportSection(_Section):
     licence: str = "Datenlizenz Deutschland - Namensnennung - Version 2.0 (dl-de/by-2-0)"
 
 
+class NatsSection(_Section):
+    """The NATS cluster of ``source: nats`` (README "Run on a NATS cluster")."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    creds_file: Path | None = None  # a NATS credentials file (JWT and nkey seed)
+    nkey_seed_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Fixed for the life of the cluster's mapping: the servers' `mappings` block and the
+    # consumers are made for this number (`stadtpuls nats server-config`, `nats setup`).
+    partitions: int = Field(default=32, ge=1, le=1024)
+    consumer_prefix: str = Field(default="stadtpuls", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    group: str = Field(default="stadtpuls", pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    priority_timeout: Duration = timedelta(seconds=3)
+    ack_wait: Duration = timedelta(seconds=30)
+    state_bucket: str = Field(default="stadtpuls_state", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    workers_bucket: str = Field(default="stadtpuls_workers", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    max_pending: int = Field(default=20000, ge=1)
+
+    @model_validator(mode="after")
+    def _secret(self) -> NatsSection:
+        self.password = read_secret(self.password, self.password_file, "nats.password")
+        if self.password is not None and self.user is None:
+            raise ValueError("nats.password is set without nats.user")
+        for name in ("creds_file", "nkey_seed_file", "tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"nats.{name}: no such file {path}")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("nats.tls_key is set without nats.tls_cert")
+        return self
+
+
 class WorkerSection(_Section):
     """This process's share when several ingest workers share the stream ("Several
     workers"): worker ``index`` of ``count`` takes the sites that hash to it."""
@@ -244,6 +281,18 @@ class Settings(BaseSettings):
     export: ExportSection = Field(default_factory=ExportSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
+    # Where readings come from: one MQTT broker, or the partitions of a NATS cluster.
+    source: Literal["mqtt", "nats"] = "mqtt"
+    nats: NatsSection = Field(default_factory=NatsSection)
+
+    @model_validator(mode="after")
+    def _nats_owns_partitions(self) -> Settings:
+        if self.source == "nats" and self.worker.count != 1:
+            raise ValueError(
+                "source is nats, which hands partitions to workers itself: remove "
+                "worker.index and worker.count (every NATS worker runs the same settings)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> Settings:
@@ -313,6 +362,10 @@ def _resolve(base: Path, data: dict[str, Any]) -> dict[str, Any]:
             data[key] = str(base / data[key])
     for section, keys in (
         ("mqtt", ("password_file", "tls_ca", "tls_cert", "tls_key")),
+        (
+            "nats",
+            ("password_file", "creds_file", "nkey_seed_file", "tls_ca", "tls_cert", "tls_key"),
+        ),
         ("influxdb", ("token_file",)),
         ("http", ("admin_token_file",)),
         ("export", ("token_db",)),

@@ -18,6 +18,7 @@ arrive in time order.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import threading
@@ -31,6 +32,7 @@ import numpy.typing as npt
 
 from devices.registry import Series
 from ingest.anomaly.arrays import (
+    I64,
     NO_TIME,
     neighbours,
     run_lengths,
@@ -404,9 +406,8 @@ class Detectors:
         "onset_jump", "onset_moves", "onset_before", "onset_alone", "odd",
     )  # fmt: skip
 
-    def save(self, path: Path) -> None:
-        """Write the state, keyed by series name, so a changed registry still maps it."""
-        tmp = path.with_suffix(".tmp.npz")
+    def _named_state(self, rows: I64 | None) -> dict[str, Any]:
+        """The state with the series' names, of every series or only of ``rows``."""
         with self._lock:
             state = {k: getattr(self, k).copy() for k in self._STATE}
             parts = (
@@ -416,15 +417,37 @@ class Detectors:
             )  # fmt: skip
             for prefix, part in parts:
                 state |= {prefix + k: v for k, v in part.state().items()}
-        np.savez(tmp, names=np.array(self.names), **state)
+        names = np.array(self.names)
+        if rows is None:
+            return {"names": names, **state}
+        return {"names": names[rows], **_rows_of(state, rows, len(names))}
+
+    def save(self, path: Path) -> None:
+        """Write the state, keyed by series name, so a changed registry still maps it."""
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **self._named_state(None))
         tmp.replace(path)
+
+    def snapshot(self, rows: I64) -> bytes:
+        """The state of ``rows`` only, compressed: what one partition of several workers
+        hands to the next worker that takes it (see ``ingest.nats_source``)."""
+        out = io.BytesIO()
+        np.savez_compressed(out, **self._named_state(rows))
+        return out.getvalue()
 
     def load(self, path: Path) -> int:
         """Restore the state of the series both the file and the registry know; return how
         many were restored. A series whose segment width changed starts a new segment."""
         if not path.exists():
             return 0
-        with np.load(path, allow_pickle=False) as data:
+        return self._restore_from(path)
+
+    def restore(self, snapshot: bytes) -> int:
+        """``load`` from what ``snapshot`` returned."""
+        return self._restore_from(io.BytesIO(snapshot))
+
+    def _restore_from(self, source: Path | io.BytesIO) -> int:
+        with np.load(source, allow_pickle=False) as data, self._lock:
             if "seg_buf" not in data:
                 return 0  # written by an earlier version of the detectors
             index = {name: i for i, name in enumerate(self.names)}
@@ -452,3 +475,28 @@ class Detectors:
                 saved = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
                 track.restore(mine, theirs, saved)
         return len(pairs)
+
+
+def _rows_of(state: dict[str, np.ndarray], rows: I64, n: int) -> dict[str, np.ndarray]:
+    """``state`` (of ``n`` series) cut down to ``rows``: per-series arrays by row, and the
+    flat buffers that keep a slice per series (``*buf`` with ``*buf_off``) slice by slice,
+    with offsets into the shorter buffer."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        if key.endswith("buf_off"):
+            continue
+        if key.endswith("buf") and key + "_off" in state:
+            off = state[key + "_off"]
+            size = np.diff(np.append(off, len(value)))[rows]
+            start = (
+                np.repeat(off[rows], size)
+                + np.arange(int(size.sum()))
+                - np.repeat(np.cumsum(size) - size, size)
+            )
+            out[key] = value[start]
+            out[key + "_off"] = np.cumsum(size) - size
+        elif value.ndim and len(value) == n:
+            out[key] = value[rows]
+        else:
+            out[key] = value
+    return out

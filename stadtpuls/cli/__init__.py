@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from stadtpuls.cli import alerts, export, quarantine, service, simulate, stack
+from stadtpuls.cli import alerts, export, nats, quarantine, service, simulate, stack
 
 
 @click.group()
@@ -28,5 +28,6 @@ main.add_command(export.tokens)
 main.add_command(stack.dashboards)
 main.add_command(stack.broker_auth)
 main.add_command(alerts.alerts)
+main.add_command(nats.nats)
 
 __all__ = ["main"]

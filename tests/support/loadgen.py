@@ -7,6 +7,8 @@ message it came from.
 
     python -m tests.support.loadgen --port P --count N --rate R --out acked.json
 
+``--protocol 3.1.1`` for NATS' MQTT listener, which speaks no MQTT 5.
+
 With ``--sites a,b,c`` reading ``seq`` goes to bridge site ``seq % 3`` of that list (same
 device), for tests that spread one numbered stream over several sites.
 """
@@ -56,12 +58,15 @@ def main() -> None:
     ap.add_argument("--base-ms", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--drain-timeout", type=float, default=120.0)
+    ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     args = ap.parse_args()
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"loadgen-{args.device}-{args.base_ms}",
-        protocol=MQTTProtocolVersion.MQTTv5,
+        protocol=MQTTProtocolVersion.MQTTv5
+        if args.protocol == "5"
+        else MQTTProtocolVersion.MQTTv311,
     )
     client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)

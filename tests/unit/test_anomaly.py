@@ -364,6 +364,27 @@ def test_state_of_a_changed_registry_maps_by_name(registry: Registry, tmp_path: 
     assert other.load(tmp_path / "state.npz") == len(smaller.series)
 
 
+def test_a_snapshot_of_some_series_carries_only_them(registry: Registry) -> None:
+    """What a NATS worker hands over with a partition: the state of that partition's series,
+    restored elsewhere, judges the next readings as the first worker would have."""
+    v = quiet(300)
+    v[205] += 150.0
+    whole = feed(Detectors(registry.series), v, series=G2)
+
+    first = Detectors(registry.series)
+    feed(first, quiet(200, seed=5), series=G1)
+    part1 = feed(first, v[:200], series=G2)
+    snapshot = first.snapshot(np.array([G2]))
+    second = Detectors(registry.series)
+    assert second.restore(snapshot) == 1
+    part2 = feed(second, v[200:], series=G2, start_ns=T0 + 200 * TEN_S)
+    assert np.concatenate([part1, part2]).tolist() == whole.tolist()
+    assert has(part2, AnomalyFlag.SPIKE)[5]
+    # G1 was not in the snapshot: it starts cold in the second worker.
+    assert second.last_ts[G1] == Detectors(registry.series).last_ts[G1]
+    assert len(snapshot) < len(first.snapshot(np.arange(len(registry.series))))
+
+
 DRIFT_REGISTRY = """\
 sites:
   b1:
