@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -46,6 +46,8 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from devices.vocabulary import SiteKind
 from ingest.batch import InboundMessage
@@ -297,14 +299,24 @@ class JetStreamSource:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nats", daemon=True)
         self._connected = threading.Event()
-        self._stopping: asyncio.Event | None = None
+        # Bound to the client's loop on first use there (asyncio events bind lazily).
+        self._stopping = asyncio.Event()
         self._nc: NatsClient | None = None
         self._state_kv: KeyValue | None = None
         self._workers = 1
+        # Set once the members' bucket was counted: a worker that took partitions before it
+        # knew of the others would take them all and hand most back at once.
+        self._counted = asyncio.Event()
         self.missing: list[str] = list(subjects.consumers())
         self._parts = [_Partition(subjects.consumer(p), p) for p in range(subjects.partitions)]
         self._other = _Partition(subjects.catch_all, None)
         self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []  # the pullers' inboxes
+        # What /metrics shows (``NatsCollector``): plain numbers, written on the client's
+        # thread only.
+        self.taken = 0  # partitions this worker took, over its life
+        self.warm = 0  # ... and found a checkpoint of
+        self.consumer_info: dict[str, dict[str, int]] = {}
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -321,12 +333,14 @@ class JetStreamSource:
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout=15)
+        self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(timeout=15)
         self._connected.clear()
         self.metrics.broker_connected.set(0)
+
+    @property
+    def workers(self) -> int:
+        return self._workers
 
     @property
     def held(self) -> list[int]:
@@ -340,7 +354,6 @@ class JetStreamSource:
             self._loop.close()
 
     async def _main(self) -> None:
-        self._stopping = asyncio.Event()
         nc = await self._connect()
         if nc is None:
             return
@@ -350,12 +363,9 @@ class JetStreamSource:
             *(asyncio.create_task(self._pull(nc, p)) for p in self._parts),
         ]
         await self._stopping.wait()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._shutdown(nc)
 
     async def _connect(self) -> NatsClient | None:
-        assert self._stopping is not None
 
         async def disconnected() -> None:
             self._connected.clear()
@@ -411,20 +421,37 @@ class JetStreamSource:
             log.warning("cannot list the consumers: %s", exc)
             return self.missing
 
-    async def _shutdown(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
+    async def _shutdown(self, nc: NatsClient) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        nc = self._nc
-        if nc is not None:
-            # Hand the partitions over at once rather than after the priority timeout.
-            for p in [*self._parts, self._other]:
-                if p.pin is not None:
-                    await self._unpin(nc, p)
-            with contextlib.suppress(Exception):
-                await nc.drain()
+        # What reaches us from now on, or was taken and not handed to the pipeline, goes
+        # back at once (a NAK), not after the ack wait; the requests still open end within
+        # their expiry.
+        deadline = time.monotonic() + _PULL_EXPIRES_S + 0.2
+        await asyncio.gather(*(self._nak_until(sub, deadline) for sub in self._subs))
+        while True:
+            try:
+                m = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            assert isinstance(m.token, _Token)
+            await nc.publish(m.token.reply, b"-NAK")
+        # Hand the partitions over at once rather than after the priority timeout.
+        for p in [*self._parts, self._other]:
+            if p.pin is not None:
+                await self._unpin(nc, p)
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+    async def _nak_until(self, sub: Any, deadline: float) -> None:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                m: Msg = await sub.next_msg(timeout=left)
+            except TimeoutError:
+                return
+            if m.reply and not (m.headers or {}).get("Status"):
+                await m.nak()
 
     # -- membership and fair shares --------------------------------------------------------
 
@@ -437,12 +464,17 @@ class JetStreamSource:
                     kv = await js.key_value(self.settings.workers_bucket)
                     self._state_kv = await js.key_value(self.settings.state_bucket)
                 await kv.put(self.worker_id, str(time.time()).encode())
+                if not self._counted.is_set():
+                    # Workers started together see each other from their second beat on.
+                    await asyncio.sleep(_HEARTBEAT_S)
                 try:
                     self._workers = max(1, len(await kv.keys()))
                 except NoKeysError:
                     self._workers = 1
+                self._counted.set()
                 self.missing = await self._missing(nc)
                 await self._rebalance(nc)
+                await self._watch(nc)
             except asyncio.CancelledError:
                 raise
             except BucketNotFoundError:
@@ -454,6 +486,20 @@ class JetStreamSource:
                 log.warning("worker heartbeat failed: %s", exc)
             await asyncio.sleep(_HEARTBEAT_S)
 
+    async def _watch(self, nc: NatsClient) -> None:
+        """Pending, waiting for an ack and redelivered, of the consumers this worker holds."""
+        held = {p.name for p in [*self._parts, self._other] if p.pin is not None}
+        info: dict[str, dict[str, int]] = {}
+        for name in sorted(held):
+            with contextlib.suppress(Exception):
+                c = await api(nc, f"CONSUMER.INFO.{MQTT_STREAM}.{name}")
+                info[name] = {
+                    "pending": int(c.get("num_pending", 0)),
+                    "ack_pending": int(c.get("num_ack_pending", 0)),
+                    "redelivered": int(c.get("num_redelivered", 0)),
+                }
+        self.consumer_info = info
+
     @property
     def fair_share(self) -> int:
         return math.ceil(len(self._parts) / self._workers)
@@ -462,17 +508,34 @@ class JetStreamSource:
         return len(self.held) < self.fair_share
 
     async def _rebalance(self, nc: NatsClient) -> None:
-        excess = len(self.held) - self.fair_share
-        if excess <= 0:
-            return
+        keeping = [p for p in self._parts if p.pin is not None and not p.releasing]
+        excess = len(keeping) - self.fair_share
         # The highest-numbered ones: which they are does not matter, only that it is few.
-        for p in [p for p in reversed(self._parts) if p.pin is not None][:excess]:
+        # Each puller gives its partition up between two of its requests (``_release``).
+        for p in reversed(keeping[len(keeping) - excess :] if excess > 0 else []):
             p.releasing = True
+
+    async def _release(self, nc: NatsClient, p: _Partition) -> None:
+        """Unpin ``p`` now that no request of ours is outstanding: with one outstanding, the
+        server could pin the partition to that request again. Only if it is still pinned
+        to us: an unpin takes the partition from whoever holds it."""
+        pin, p.pin, p.releasing = p.pin, None, False
+        if pin is not None and await self._pinned_to(nc, p) == pin:
             log.info("giving up partition %d (%d workers)", p.number, self._workers)
             await self._unpin(nc, p)
 
+    async def _pinned_to(self, nc: NatsClient, p: _Partition) -> str | None:
+        try:
+            info = await api(nc, f"CONSUMER.INFO.{MQTT_STREAM}.{p.name}")
+        except Exception:
+            return None
+        for group in info.get("priority_groups") or []:
+            if group.get("group") == self.settings.group:
+                pinned = group.get("pinned_client_id")
+                return str(pinned) if pinned else None
+        return None
+
     async def _unpin(self, nc: NatsClient, p: _Partition) -> None:
-        p.pin = None
         with contextlib.suppress(Exception):
             await api(nc, f"CONSUMER.UNPIN.{MQTT_STREAM}.{p.name}", {"group": self.settings.group})
 
@@ -483,10 +546,11 @@ class JetStreamSource:
         sub = await nc.subscribe(inbox)
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_STREAM}.{p.name}"
         batch = 500
+        self._subs.append(sub)
+        await self._counted.wait()
         while True:
             if p.releasing:
-                p.releasing = False
-                await asyncio.sleep(self.settings.priority_timeout.total_seconds())
+                await self._release(nc, p)
                 continue
             holding = p.pin is not None
             if (
@@ -541,6 +605,7 @@ class JetStreamSource:
         if p.number is None:
             return
         log.info("took partition %d", p.number)
+        self.taken += 1
         if self.on_gained is None:
             return
         snapshot: bytes | None = None
@@ -548,6 +613,8 @@ class JetStreamSource:
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self._state_kv.get(f"p{p.number}")
                 snapshot = entry.value
+        if snapshot is not None:
+            self.warm += 1
         try:
             self.on_gained(p.number, snapshot)
         except Exception:
@@ -675,3 +742,50 @@ async def setup(
             )
             done.append(f"created bucket {bucket}")
     return done
+
+
+class NatsCollector(Collector):
+    """What to watch of a NATS worker: the partitions it holds and their consumers."""
+
+    def __init__(self, source: JetStreamSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.source
+        held = GaugeMetricFamily(
+            "stadtpuls_nats_partition_held",
+            "1 for each partition this worker holds",
+            labels=["partition"],
+        )
+        for p in s.held:
+            held.add_metric([str(p)], 1)
+        yield held
+        yield GaugeMetricFamily(
+            "stadtpuls_nats_workers", "workers in the members' bucket", s.workers
+        )
+        yield GaugeMetricFamily(
+            "stadtpuls_nats_consumers_missing",
+            "consumers stadtpuls nats setup makes that the cluster lacks",
+            len(s.missing),
+        )
+        yield CounterMetricFamily(
+            "stadtpuls_nats_partitions_taken", "partitions this worker took over", s.taken
+        )
+        yield CounterMetricFamily(
+            "stadtpuls_nats_partitions_warm",
+            "partitions taken over with a checkpoint of their anomaly state",
+            s.warm,
+        )
+        for key, help_text in (
+            ("pending", "messages in the stream not yet delivered to the consumer"),
+            ("ack_pending", "messages delivered and not yet acknowledged"),
+            ("redelivered", "messages delivered more than once and not yet acknowledged"),
+        ):
+            family = GaugeMetricFamily(
+                f"stadtpuls_nats_consumer_{key}",
+                help_text + " (held consumers)",
+                labels=["consumer"],
+            )
+            for name, info in s.consumer_info.items():
+                family.add_metric([name], info[key])
+            yield family

@@ -280,7 +280,7 @@ class Service:
     def _build_source(self, registry: Registry) -> Source:
         settings = self.settings
         if settings.source == "nats":
-            from ingest.nats_source import JetStreamSource
+            from ingest.nats_source import JetStreamSource, NatsCollector
 
             state = self.partition_state
             assert state is not None
@@ -288,6 +288,7 @@ class Service:
                 nats_settings(settings), nats_subjects(settings), self.metrics, state.gained
             )
             state.source = source
+            self.metrics.registry.register(NatsCollector(source))
             return source
         return MqttSubscriber(
             replace(mqtt_settings(settings), client_id=self.share.client_id),

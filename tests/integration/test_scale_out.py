@@ -19,6 +19,7 @@ from devices.partition import site_owner
 from stadtpuls.broker import MosquittoBroker
 from tests.support.loadgen import reading
 from tests.support.processes import ServiceFactory
+from tests.support.registry import bridges_yaml
 from tests.support.service import ServiceProcess
 from tests.support.victoria import VictoriaMetrics
 from tests.support.waiting import wait_until
@@ -32,15 +33,6 @@ RATE = 1_500.0  # messages/s: the stream lasts 10 s
 VICTIM = 1
 
 
-def registry_yaml() -> str:
-    sites = "".join(
-        f"  {site}:\n    kind: bridge\n    name: Bridge {site}\n    devices:\n"
-        "      sg1:\n        interval: 1s\n        channels: {g1: [strain]}\n"
-        for site in SITES
-    )
-    return f"sites:\n{sites}"
-
-
 @pytest.fixture
 def workers(
     tmp_path: Path,
@@ -50,7 +42,7 @@ def workers(
 ) -> list[ServiceProcess]:
     """Started; the ``processes`` fixture stops them."""
     registry = tmp_path / "registry.yaml"
-    registry.write_text(registry_yaml())
+    registry.write_text(bridges_yaml(SITES))
     procs = [
         service_factory(
             broker.port,

@@ -44,3 +44,13 @@ sites:
 
 def sample_registry() -> Registry:
     return parse_registry(REGISTRY_YAML, "test-registry.yaml")
+
+
+def bridges_yaml(sites: list[str]) -> str:
+    """A registry of ``sites``, each a bridge with one strain gauge ``sg1/g1`` at 1 s."""
+    body = "".join(
+        f"  {site}:\n    kind: bridge\n    name: Bridge {site}\n    devices:\n"
+        "      sg1:\n        interval: 1s\n        channels: {g1: [strain]}\n"
+        for site in sites
+    )
+    return f"sites:\n{body}"
