@@ -322,7 +322,9 @@ def test_one_worker_with_sqlite_quarantines_what_no_partition_covers(
             return list(conn.execute("SELECT topic, reason FROM quarantine"))
 
     wait_until(
-        lambda: len(rows()) >= len(expected) and quarantined(), 60, "readings and quarantine"
+        lambda: len(rows()) >= len(expected) and bool(quarantined()),
+        60,
+        "readings and quarantine",
     )
     assert sorted(rows()) == sorted(expected)
     assert quarantined() == [("stadtpuls/bridge/n01", "bad_topic")]
