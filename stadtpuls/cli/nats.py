@@ -6,10 +6,14 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from stadtpuls.cli.common import CONFIG, fail, load
+
+if TYPE_CHECKING:
+    from stadtpuls.settings import Settings
 
 
 @click.group()
@@ -67,14 +71,12 @@ def setup(config_path: Path | None, wait_s: float) -> None:
     click.echo("ok: consumers and buckets are in place")
 
 
-async def _setup(settings: object, wait_s: float) -> list[str]:
+async def _setup(settings: Settings, wait_s: float) -> list[str]:
     import nats as nats_client
 
     from ingest.nats_source import MQTT_STREAM, NatsApiError, api, connect_options, setup
     from stadtpuls.service import nats_settings, nats_subjects
-    from stadtpuls.settings import Settings
 
-    assert isinstance(settings, Settings)
     ns = nats_settings(settings)
     nc = await nats_client.connect(**{**connect_options(ns), "max_reconnect_attempts": 3})
     try:
@@ -101,15 +103,13 @@ async def _setup(settings: object, wait_s: float) -> list[str]:
         await nc.close()
 
 
-def _touch_mqtt_listener(settings: object) -> None:
+def _touch_mqtt_listener(settings: Settings) -> None:
     """One MQTT connection, so that NATS makes its MQTT streams."""
     from paho.mqtt.reasoncodes import ReasonCode
 
     from devices.mqtt_client import new_client, on_connection
     from stadtpuls.service import mqtt_settings
-    from stadtpuls.settings import Settings
 
-    assert isinstance(settings, Settings)
     ms = mqtt_settings(settings)
     client = new_client(ms, "stadtpuls-setup", "3.1.1")
     answered = threading.Event()
@@ -135,3 +135,36 @@ def _touch_mqtt_listener(settings: object) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def check_consumers(settings: Settings) -> None:
+    """Exit with the reason unless the cluster answers and has every consumer: without
+    them NATS PUBACKs devices' messages and keeps them for no one."""
+    try:
+        missing = asyncio.run(_missing(settings))
+    except Exception as exc:
+        fail(f"cannot reach NATS at {', '.join(settings.nats.servers)}: {exc}")
+    if missing:
+        fail(
+            f"NATS lacks {len(missing)} of the consumers (first {missing[0]}): messages on "
+            "their subjects would be acknowledged to devices and kept for no one; run "
+            "`stadtpuls nats setup`"
+        )
+
+
+async def _missing(settings: Settings) -> list[str]:
+    import nats as nats_client
+
+    from ingest.nats_source import connect_options, missing_consumers
+    from stadtpuls.service import nats_settings, nats_subjects
+
+    async def quiet(exc: Exception) -> None:
+        """The refusal is reported once, by the caller."""
+
+    # One attempt per server (nats-py hangs with reconnects turned off altogether).
+    options = {**connect_options(nats_settings(settings)), "max_reconnect_attempts": 1}
+    nc = await asyncio.wait_for(nats_client.connect(**options, error_cb=quiet), 30)
+    try:
+        return await missing_consumers(nc, nats_subjects(settings))
+    finally:
+        await nc.close()

@@ -23,9 +23,16 @@ def check_config(config_path: Path | None) -> None:
 
     settings, registry = load(config_path)
     devices = registry.devices()
+    if settings.source == "nats":
+        from stadtpuls.cli.nats import check_consumers
+
+        check_consumers(settings)
+        source = f"NATS {', '.join(settings.nats.servers)}, {settings.nats.partitions} partitions"
+    else:
+        source = f"broker {settings.mqtt.host}:{settings.mqtt.port}"
     click.echo(
         f"ok: {len(registry.sites)} sites, {len(devices)} devices, {len(registry.series)} series; "
-        f"store {settings.store.backend}; broker {settings.mqtt.host}:{settings.mqtt.port}"
+        f"store {settings.store.backend}; {source}"
     )
     for warning in config_warnings(settings):
         click.echo(f"warning: {warning}", err=True)

@@ -328,3 +328,53 @@ def test_one_worker_with_sqlite_quarantines_what_no_partition_covers(
     )
     assert sorted(rows()) == sorted(expected)
     assert quarantined() == [("stadtpuls/bridge/n01", "bad_topic")]
+
+
+def test_missing_consumers_fail_check_config_and_readyz(
+    cluster: NatsCluster, service_factory: ServiceFactory, registry_file: Path
+) -> None:
+    """Without its consumers the cluster would PUBACK devices' readings and keep them for no
+    one: check-config refuses such a cluster, and a running worker turns unready when one
+    of them disappears."""
+    w = worker(service_factory, cluster, registry_file, "single", None)
+
+    def check_config() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stadtpuls", "check-config", "--config", str(w.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    before = check_config()
+    assert before.returncode != 0
+    assert "run `stadtpuls nats setup`" in before.stderr
+    first = setup_nats(w)
+    assert f"created consumer stadtpuls-p{PARTITIONS - 1:03d}" in first
+    assert "created" not in setup_nats(w), "setup must be idempotent"
+    assert check_config().returncode == 0
+
+    w.start()
+
+    async def delete_one() -> None:
+        nc = await nats_client.connect(servers=cluster.servers)
+        try:
+            await api(nc, f"CONSUMER.DELETE.{MQTT_STREAM}.stadtpuls-p003")
+        finally:
+            await nc.close()
+
+    asyncio.run(delete_one())
+
+    def readyz() -> dict[str, object]:
+        r = httpx.get(f"{w.url}/readyz", timeout=5)
+        body: dict[str, object] = r.json()
+        return {"status": r.status_code, **body}
+
+    wait_until(lambda: readyz()["status"] == 503, 10, "the worker turning unready")
+    assert readyz()["checks"] == {
+        "broker_connected": True,
+        "nats_consumers": False,
+        "store_writable": True,
+        "ingest_running": True,
+    }
