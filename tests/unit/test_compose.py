@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from ingest.nats_source import NatsSubjects
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = ROOT / "deploy" / "env.example"
@@ -124,3 +127,28 @@ def test_a_broken_compose_file_is_refused(tmp_path: Path) -> None:
     result = compose("config", "-q", file=broken)
     assert result.returncode != 0
     assert "depends_on.stack-init.condition" in result.stderr
+
+
+def test_the_nats_profile_runs_a_cluster_and_two_workers() -> None:
+    """The cluster's configuration carries the mapping the workers' settings expect, and each
+    worker keeps its journal in a volume of its own."""
+    services = config("nats")["services"]
+    nodes = {"nats-1", "nats-2", "nats-3"}
+    assert nodes | {"nats-setup", "stadtpuls-nats-1", "stadtpuls-nats-2"} <= set(services)
+    assert all(services[n]["profiles"] == ["nats"] for n in nodes)
+    assert "nats-1" not in config()["services"]
+    conf = (ROOT / "deploy" / "nats" / "nats.conf").read_text()
+    settings = yaml.safe_load((ROOT / "deploy" / "stadtpuls-nats.yaml").read_text())
+    assert settings["source"] == "nats"
+    mapping = NatsSubjects("stadtpuls", settings["nats"]["partitions"]).mappings()
+    for src, dst in mapping.items():
+        assert f'"{src}": "{dst}"' in conf
+    data = [
+        {v["source"] for v in services[w]["volumes"] if v["target"] == "/var/lib/stadtpuls"}
+        for w in ("stadtpuls-nats-1", "stadtpuls-nats-2")
+    ]
+    assert data[0] != data[1]
+    # Published on loopback only: the profile's NATS has no accounts.
+    ports = [p for n in nodes for p in services[n].get("ports", [])]
+    assert ports
+    assert all(p["host_ip"] == "127.0.0.1" for p in ports)
