@@ -6,12 +6,13 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 DEBIAN_TOOLS := mosquitto:mosquitto victoria-metrics:victoria-metrics chromium:chromium prometheus-alertmanager:prometheus-alertmanager
 
-.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers bench-peers eval-anomaly eval-real real-data bench-anomaly bench-export faults soak clean
+.PHONY: help uv tools compose-plugin sync lint typecheck test test-unit test-integration demo bench bench-workers bench-nats bench-peers eval-anomaly eval-real real-data bench-anomaly bench-export faults soak clean
 
 help:
 	@echo "make demo   - set up and run the demo (embedded broker, simulator, SQLite)"
 	@echo "make test   - set up and run lint, type checks and the whole test suite"
 	@echo "make bench  - throughput and latency benchmark (real Mosquitto, prints JSON)"
+	@echo "make bench-nats - the NATS source (1 and 2 workers, 3 nodes) beside Mosquitto, readings/s and CPU"
 	@echo "make bench-peers - Stadtpuls next to Node-RED 5 into one VictoriaMetrics (installs Node.js 22 and Node-RED under ~/.cache)"
 	@echo "make eval-anomaly  - detector recall and false alarms on simulator traces, in every arrival pattern"
 	@echo "make eval-real     - the anomaly check on real public data (office air, bridge strain)"
@@ -87,9 +88,15 @@ demo: sync
 bench: tools sync
 	$(UV) run python -m bench.run
 
-# The multi-worker part of `make bench` alone: readings/s with 1, 2 and 3 worker processes.
+# The multi-worker part of `make bench` alone: readings/s with 1, 2 and 3 worker processes,
+# then the NATS source (1 and 2 workers on a 3-node cluster) beside Mosquitto in one run.
 bench-workers: tools sync
 	$(UV) run python -m bench.workers
+	$(UV) run python -m bench.nats_bench
+
+# Only the NATS part of bench-workers.
+bench-nats: tools sync
+	$(UV) run python -m bench.nats_bench
 
 # Stadtpuls and Node-RED 5 (node-red-contrib-influxdb) on the same stream into one
 # VictoriaMetrics. bench/nodered/install.sh puts a private Node.js 22 and Node-RED under

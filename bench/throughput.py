@@ -422,12 +422,12 @@ def stadtpuls_config(
 
 
 def run_publisher(
-    port: int, sc: Scenario, count: int, base_s: float, rate: float = 0.0
+    port: int, sc: Scenario, count: int, base_s: float, rate: float = 0.0, inflight: int = 100
 ) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.rawpub", "--port", str(port), "--mode", sc.mode,
          "--count", str(count), "--protocol", str(sc.protocol), "--base-s", repr(base_s),
-         "--rate", repr(rate)],
+         "--rate", repr(rate), "--inflight", str(inflight)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])

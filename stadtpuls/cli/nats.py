@@ -63,12 +63,17 @@ def setup(config_path: Path | None, wait_s: float) -> None:
     if settings.source != "nats":
         click.echo("note: source is not nats in these settings; setting up NATS anyway", err=True)
     try:
-        done = asyncio.run(_setup(settings, wait_s))
+        done = prepare(settings, wait_s)
     except Exception as exc:
         fail(f"NATS setup failed: {exc}")
     for line in done:
         click.echo(line)
     click.echo("ok: consumers and buckets are in place")
+
+
+def prepare(settings: Settings, wait_s: float = 10.0) -> list[str]:
+    """What ``stadtpuls nats setup`` does, for callers in Python (the benchmark)."""
+    return asyncio.run(_setup(settings, wait_s))
 
 
 async def _setup(settings: Settings, wait_s: float) -> list[str]:
