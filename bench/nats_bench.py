@@ -5,8 +5,8 @@ Method, as ``make bench`` (``bench.throughput``): every run gets fresh servers (
 Mosquitto, or three NATS nodes with JetStream, the MQTT listener, replicas 3 and the
 partition mapping, after ``stadtpuls nats setup``) and fresh ``stadtpuls run`` processes
 with SQLite, each worker with its own database. The raw-socket publisher (``bench.rawpub``,
-MQTT 3.1.1, QoS 1, 1,000 in flight, as many devices together keep: NATS speaks no MQTT 5) sends single-reading SenML
-messages round robin over 300 bridge sites to Mosquitto, or to the first NATS node, once
+MQTT 3.1.1 as NATS speaks no MQTT 5, QoS 1, 1,000 in flight as many devices together keep)
+sends single-reading SenML messages round robin over 300 bridge sites to Mosquitto, or to the first NATS node, once
 the workers are up (on NATS: once they have counted each other). The time runs from the
 first PUBLISH until the databases, polled from outside, hold every reading; then every key
 is compared with what was sent. CPU is read from /proc: of the workers, and of the broker
@@ -230,7 +230,10 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
     print()
-    head = f"{'setup':26} {'readings/s':>10} {'min..max':>17} {'x mqtt-1w':>9} {'workers CPU':>11} {'broker CPU':>10} {'lost':>5} {'dup':>5}"
+    head = (
+        f"{'setup':26} {'readings/s':>10} {'min..max':>17} {'x mqtt-1w':>9} "
+        f"{'workers CPU':>11} {'broker CPU':>10} {'lost':>5} {'dup':>5}"
+    )
     print(head)
     print("-" * len(head))
     for row in rows:
