@@ -8,8 +8,8 @@ with SQLite, each worker with its own database. The raw-socket publisher (``benc
 MQTT 3.1.1 as NATS speaks no MQTT 5, QoS 1, 1,000 in flight as many devices together keep)
 sends single-reading SenML messages round robin over 300 bridge sites to Mosquitto, or to
 the first NATS node, once the workers are up (on NATS: once they have counted each other).
-The time runs from the first PUBLISH until the databases, polled from outside, hold every reading; then every key
-is compared with what was sent. CPU is read from /proc: of the workers, and of the broker
+The time runs from the first PUBLISH until the databases, polled from outside, hold every
+reading; then every key is compared with what was sent. CPU is read from /proc: of the workers, and of the broker
 processes (Mosquitto, or the three NATS nodes together), per 100k readings. The
 scenarios interleave over the rounds; ratios are to one worker on Mosquitto in the same
 round.
