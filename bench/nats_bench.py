@@ -4,15 +4,15 @@
 Method, as ``make bench`` (``bench.throughput``): every run gets fresh servers (one
 Mosquitto, or three NATS nodes with JetStream, the MQTT listener, replicas 3 and the
 partition mapping, after ``stadtpuls nats setup``) and fresh ``stadtpuls run`` processes
-with SQLite, each worker with its own database. The raw-socket publisher (``bench.rawpub``,
-MQTT 3.1.1 as NATS speaks no MQTT 5, QoS 1, 1,000 in flight as many devices together keep)
-sends single-reading SenML messages round robin over 300 bridge sites to Mosquitto, or to
-the first NATS node, once the workers are up (on NATS: once they have counted each other).
-The time runs from the first PUBLISH until the databases, polled from outside, hold every
-reading; then every key is compared with what was sent. CPU is read from /proc: of the workers, and of the broker
-processes (Mosquitto, or the three NATS nodes together), per 100k readings. The
-scenarios interleave over the rounds; ratios are to one worker on Mosquitto in the same
-round.
+with SQLite, each worker with its own database. The raw-socket publisher
+(``bench.rawpub``; MQTT 3.1.1, as NATS speaks no MQTT 5; QoS 1; 1,000 in flight, as many
+devices together keep) sends single-reading SenML messages round robin over 300 bridge
+sites to Mosquitto, or to the first NATS node, once the workers are up (on NATS: once they
+have counted each other). The time runs from the first PUBLISH until the databases,
+polled from outside, hold every reading; then every key is compared with what was sent.
+CPU is read from /proc, of the workers and of the broker processes (Mosquitto, or the
+three NATS nodes together), per 100k readings. The setups interleave over the rounds;
+ratios are to one worker on Mosquitto in the same round.
 
     python -m bench.nats_bench [--rounds 2] [--count 40000]
 """
