@@ -140,10 +140,17 @@ class _PartitionState:
         if source is None or len(batch) == 0:
             return
         now = time.monotonic()
-        for p in np.unique(self.partition_of_series[batch.series]).tolist():
-            if now - self._saved.get(p, -math.inf) >= self.every_s:
-                self._saved[p] = now
-                source.checkpoint(p, self.detectors.snapshot(self.rows[p]))
+        due = [
+            p
+            for p in np.unique(self.partition_of_series[batch.series]).tolist()
+            if now - self._saved.get(p, -math.inf) >= self.every_s
+        ]
+        if not due:
+            return
+        for p in due:
+            self._saved[p] = now
+        for p, snapshot in self.detectors.snapshots({p: self.rows[p] for p in due}).items():
+            source.checkpoint(p, snapshot)
 
 
 class _StateSaver:

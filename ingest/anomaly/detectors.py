@@ -417,10 +417,7 @@ class Detectors:
             )  # fmt: skip
             for prefix, part in parts:
                 state |= {prefix + k: v for k, v in part.state().items()}
-        names = np.array(self.names)
-        if rows is None:
-            return {"names": names, **state}
-        return {"names": names[rows], **_rows_of(state, rows, len(names))}
+        return {"names": np.array(self.names), **state}
 
     def save(self, path: Path) -> None:
         """Write the state, keyed by series name, so a changed registry still maps it."""
@@ -431,9 +428,19 @@ class Detectors:
     def snapshot(self, rows: I64) -> bytes:
         """The state of ``rows`` only, compressed: what one partition of several workers
         hands to the next worker that takes it (see ``ingest.nats_source``)."""
-        out = io.BytesIO()
-        np.savez_compressed(out, **self._named_state(rows))
-        return out.getvalue()
+        return self.snapshots({0: rows})[0]
+
+    def snapshots(self, groups: dict[int, I64]) -> dict[int, bytes]:
+        """``snapshot`` of each group of rows, from one copy of the state."""
+        state = self._named_state(None)
+        names = state.pop("names")
+        out = {}
+        for key, rows in groups.items():
+            buf = io.BytesIO()
+            part: dict[str, Any] = _rows_of(state, rows, len(names))
+            np.savez_compressed(buf, names=names[rows], **part)
+            out[key] = buf.getvalue()
+        return out
 
     def load(self, path: Path) -> int:
         """Restore the state of the series both the file and the registry know; return how
