@@ -30,9 +30,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -91,6 +92,8 @@ def start_load(
     skew_ms: int = 0,
     base_ms: int | None = None,
     topic: str = "stadtpuls/bridge/b1/sg1",
+    sites: list[str] | None = None,
+    protocol: str = "5",
 ) -> Load:
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{name}.json"
@@ -102,6 +105,7 @@ def start_load(
             sys.executable, "-m", "tests.support.loadgen", "--port", str(port),
             "--count", str(count), "--rate", str(rate), "--base-ms", str(base_ms),
             "--out", str(out), "--device", "sg1", "--drain-timeout", "600", "--topic", topic,
+            "--sites", ",".join(sites or []), "--protocol", protocol,
         ]
     )  # fmt: skip
     return Load(proc, out, base_ms, count)
@@ -318,9 +322,20 @@ class Rig:
         return depth == 0 and expected <= seen
 
 
+class Holds(Protocol):
+    """What a scenario's rig must answer: what it stored and quarantined, and whether every
+    acknowledged reading is in."""
+
+    def stored_ts(self) -> list[int]: ...
+
+    def quarantined_ts(self) -> list[int]: ...
+
+    def settled(self, expected: set[int]) -> bool: ...
+
+
 def check(
     fault: str,
-    rig: Rig,
+    rig: Holds,
     loads: list[tuple[Load, list[int]]],
     monitor: Monitor,
     started: float,
@@ -369,14 +384,14 @@ def scenario(
         rig.close()
 
 
-def _stored_count(rig: Rig) -> int:
+def _stored_count(rig: Holds) -> int:
     try:
         return len(rig.stored_ts())
     except Exception:
         return 0
 
 
-def _finish(rig: Rig, loads: list[Load], timeout: float = 180) -> list[tuple[Load, list[int]]]:
+def _finish(rig: Holds, loads: list[Load], timeout: float = 180) -> list[tuple[Load, list[int]]]:
     done = [(load, load.finish()) for load in loads]
     expected = {reading(load.base_ms, seq).ts_ns for load, acked in done for seq in acked}
     # A reading that never arrives leaves this waiting out its timeout; the table then
@@ -592,6 +607,170 @@ def _integrity(db: Path) -> str:
 
 Scenario = Callable[[Path, bool], Outcome]
 
+
+# -- on a NATS cluster ----------------------------------------------------------------------
+
+NATS_SITES = [f"n{n:02d}" for n in range(16)]
+
+
+class NatsRig:
+    """Three NATS nodes, VictoriaMetrics and two ``source: nats`` workers: the ``Rig`` of
+    the NATS faults. Readings go round robin over ``NATS_SITES``, so over many partitions."""
+
+    def __init__(self, workdir: Path) -> None:
+        from ingest.nats_source import NatsSubjects
+        from stadtpuls.natscluster import NatsCluster
+
+        self.workdir = workdir.resolve()
+        self.cluster = NatsCluster(self.workdir / "nats", NatsSubjects("stadtpuls", 8))
+        self.vm = VictoriaMetrics(self.workdir / "vm")
+        self.workers: list[ServiceProcess] = []
+
+    def start(self) -> None:
+        from stadtpuls.cli.nats import prepare
+        from stadtpuls.settings import load_settings
+        from tests.support.registry import bridges_yaml
+
+        self.cluster.start()
+        self.vm.start()
+        registry = self.workdir / "registry.yaml"
+        registry.write_text(bridges_yaml(NATS_SITES))
+        for i in range(2):
+            w = ServiceProcess(
+                self.workdir / f"w{i}",
+                self.cluster.nodes[0].mqtt_port,
+                registry=str(registry),
+                source="nats",
+                mqtt={"protocol": "3.1.1"},
+                nats={"servers": self.cluster.servers, "partitions": 8,
+                      "priority_timeout": "2s", "ack_wait": "5s"},
+                store={"backend": "influxdb"},
+                influxdb={"url": self.vm.url, "org": "city", "bucket": "sensors",
+                          "chunk_size": 2000},
+                alerts={"enabled": False},
+            )  # fmt: skip
+            w.extra_env["STADTPULS_INFLUXDB__TOKEN"] = TOKEN
+            self.workers.append(w)
+        # Setting up NATS needs no store: SQLite spares it the InfluxDB token.
+        prepare(load_settings(self.workers[0].config, store={"backend": "sqlite"}))
+        for w in self.workers:
+            w.start()
+
+    def close(self) -> None:
+        for part in (*self.workers, self.cluster, self.vm):
+            with suppress(Exception):
+                part.stop()
+
+    def leader(self) -> Any:
+        import asyncio
+
+        import nats as nats_client
+
+        from ingest.nats_source import MQTT_STREAM, api
+
+        async def ask() -> str:
+            nc = await nats_client.connect(servers=self.cluster.servers)
+            try:
+                info = await api(nc, f"STREAM.INFO.{MQTT_STREAM}")
+            finally:
+                await nc.close()
+            return str(info["cluster"]["leader"])
+
+        name = asyncio.run(ask())
+        return next(n for n in self.cluster.nodes if n.node_name == name)
+
+    def stored_ts(self) -> list[int]:
+        points: list[int] = []
+        for series in self.vm.export('{__name__="strain_value"}'):
+            points.extend(int(t) * 1_000_000 for t in series["timestamps"])
+        return points
+
+    def quarantined_ts(self) -> list[int]:
+        return []  # every topic of the load is a registered site
+
+    def settled(self, expected: set[int]) -> bool:
+        try:
+            depth = sum(w.metric("stadtpuls_journal_depth") for w in self.workers)
+            return depth == 0 and expected <= set(self.stored_ts())
+        except Exception:
+            return False
+
+
+@contextmanager
+def nats_scenario(workdir: Path, name: str) -> Iterator[tuple[NatsRig, Monitor]]:
+    shutil.rmtree(workdir / name, ignore_errors=True)
+    rig = NatsRig(workdir / name)
+    try:
+        rig.start()
+        monitor = Monitor(rig.workers[0])
+        monitor.start()
+        try:
+            yield rig, monitor
+        finally:
+            monitor.stop()
+    finally:
+        rig.close()
+
+
+def _nats_loads(rig: NatsRig, count: int, rate: float) -> list[Load]:
+    """One publisher per node, each with its own stretch of device time."""
+    now_ms = time.time_ns() // 1_000_000
+    return [
+        start_load(
+            rig.workdir,
+            node.mqtt_port,
+            count // 3,
+            rate / 3,
+            f"load-{i}",
+            base_ms=now_ms - 900_000 + i * 200_000,
+            sites=NATS_SITES,
+            protocol="3.1.1",
+        )
+        for i, node in enumerate(rig.cluster.nodes)
+    ]
+
+
+def nats_leader_kills(workdir: Path, short: bool) -> Outcome:
+    kills = 2 if short else 6
+    with nats_scenario(workdir, "nats-leader-kill") as (rig, mon):
+        started = time.monotonic()
+        count = 3000 * (kills + 1)
+        loads = _nats_loads(rig, count, 1500)
+        for k in range(kills):
+            wait_until(
+                partial(lambda n: _stored_count(rig) > n, count * (k + 1) // (kills + 2)),
+                120,
+                "readings before the kill",
+            )
+            leader = rig.leader()
+            leader.kill()
+            time.sleep(5)  # the outage itself: 5 s down
+            leader.start()
+            rig.cluster.wait_healthy(60)
+        done = _finish(rig, loads)
+        return check(
+            f"NATS stream leader SIGKILL, 5 s down ({kills} kills)", rig, done, mon, started
+        )
+
+
+def nats_worker_kills(workdir: Path, short: bool) -> Outcome:
+    kills = 3 if short else 20
+    rng = random.Random(11)
+    with nats_scenario(workdir, "nats-worker-kill") as (rig, mon):
+        started = time.monotonic()
+        count = 1500 * kills + 3000
+        loads = _nats_loads(rig, count, 1000)
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.5, 1.5))  # a random point in the stream
+            victim = rng.choice(rig.workers)
+            victim.kill()
+            victim.start()
+        done = _finish(rig, loads)
+        return check(
+            f"NATS worker SIGKILL at random points ({kills} kills)", rig, done, mon, started
+        )
+
+
 SCENARIOS: dict[str, Scenario] = {
     "broker-restart": broker_restart,
     "broker-kill": lambda w, s: broker_restart(w, s, kill=True),
@@ -603,6 +782,8 @@ SCENARIOS: dict[str, Scenario] = {
     "disk-full": disk_full,
     "clock-skew": clock_skew,
     "overload": overload,
+    "nats-leader-kill": nats_leader_kills,
+    "nats-worker-kill": nats_worker_kills,
 }
 # CI's short form. The service killed mid-stream and the database down for 30 s run in CI as
 # tests/integration/test_delivery.py and test_influx_outage.py, with the same checks.
