@@ -56,7 +56,10 @@ class AlertEngine:
         topic_prefix: str = "stadtpuls",
         health: Callable[[], PipelineHealth] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
+        """``owns(site)``: whether this process takes the site's readings now (None: all
+        of the registry's); device silence is watched for those sites only."""
         self.registry = registry
         self.config = config
         self.store = store
@@ -79,7 +82,7 @@ class AlertEngine:
         # pipeline alerts are watched apart.
         self._tracks: dict[tuple[str, int], Stored] = {}
         self.incidents = Incidents(registry)
-        self.watch = Watch(devices, config, store, self.notifier, health, clock())
+        self.watch = Watch(devices, config, store, self.notifier, health, clock(), owns)
         self._rule_names = {r.name for r in self.rules}
         for st in store.alerts((State.PENDING, State.FIRING, State.RESOLVED)):
             self._adopt(st)

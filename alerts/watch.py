@@ -46,14 +46,19 @@ class Watch:
         notifier: Notifier,
         health: Callable[[], PipelineHealth] | None,
         now: datetime,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
+        # Whether this process takes a site's readings now: on NATS a worker holds some
+        # partitions, and a device of another's must not look silent here.
+        self.owns = owns
         self.store = store
         self.notifier = notifier
         self.health = health
         self._devices = devices
         # Devices count as seen at start: a restart must not page for every device at once.
         self._seen = [now] * len(devices)
+        self._owned = [True] * len(devices)
         self._quarantine_marks: list[tuple[datetime, int]] = []
         self._broker_down_since: datetime | None = None
         self._last_commits: tuple[int, int] | None = None  # (committed, failures)
@@ -103,7 +108,16 @@ class Watch:
         return max(device.interval * cfg.factor, cfg.minimum)
 
     def _silence(self, now: datetime) -> None:
+        owns = self.owns
         for i, dev in enumerate(self._devices):
+            if owns is not None:
+                owned = owns(dev.site)
+                if owned and not self._owned[i]:
+                    # Taken over just now: silent only from here on, as after a start.
+                    self._seen[i] = max(self._seen[i], now)
+                self._owned[i] = owned
+                if not owned:
+                    continue
             key = AlertKey(SILENT, dev.site, dev.id)
             st = self.alerts.get(key)
             window = self.silence_window(dev)

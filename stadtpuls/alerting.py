@@ -34,8 +34,12 @@ class Alerting:
         readings: ReadingSource,
         health: Callable[[], PipelineHealth],
         maintenance: Sequence[Callable[[], None]] = (),
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
+        """``owns(site)``: whether this worker takes the site's readings now (on NATS, the
+        sites of the partitions it holds); silence and digests cover those sites only."""
         cfg = settings.alerts
+        self.owns = owns
         self.registry = registry
         self.readings = readings
         self.config = cfg
@@ -46,7 +50,7 @@ class Alerting:
         self.dispatcher = Dispatcher(channels, self.store.record_delivery)
         router = SeverityRouter(self.dispatcher, {c.name: c.min_severity for c in cfg.channels})
         self.engine = AlertEngine(
-            registry, cfg, self.store, router, settings.topic_prefix, health=health
+            registry, cfg, self.store, router, settings.topic_prefix, health=health, owns=owns
         )
         self.jobs = AlertJobs(
             cfg, self.engine.tick, self.send_digests, [self.maintain, *maintenance]
@@ -63,6 +67,8 @@ class Alerting:
     def send_digests(self) -> None:
         end = datetime.now(UTC)
         for site in self.registry.sites:
+            if self.owns is not None and not self.owns(site):
+                continue  # another worker's site: its digest comes from there
             self.engine.digest(
                 site, site_digest(self.registry, self.readings, self.store, site, end)
             )

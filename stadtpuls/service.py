@@ -125,6 +125,7 @@ class _PartitionState:
             [subjects.partition_of(s.key.site) for s in registry.series], dtype=np.int64
         )
         self.partition_of_series = part
+        self.partition_of_site = {site: subjects.partition_of(site) for site in registry.sites}
         self.rows = {p: np.flatnonzero(part == p) for p in np.unique(part).tolist()}
         self._saved: dict[int, float] = {}
         self.source: JetStreamSource | None = None
@@ -229,7 +230,12 @@ class Service:
         self.alerting: Alerting | None = None
         if settings.alerts.enabled:
             self.alerting = Alerting(
-                settings, registry, self.store, self._health, maintenance=[self.store.maintain]
+                settings,
+                registry,
+                self.store,
+                self._health,
+                maintenance=[self.store.maintain],
+                owns=self._owns_site if settings.source == "nats" else None,
             )
         alert_listeners = [] if self.alerting is None else [self.alerting.engine]
         self.pipeline = Pipeline(
@@ -329,6 +335,14 @@ class Service:
             "store_writable": self.store.writable(),
             "ingest_running": self._thread.is_alive(),
         }
+
+    def _owns_site(self, site: str) -> bool:
+        """On NATS: whether this worker holds the site's partition now."""
+        state = self.partition_state
+        source = getattr(self, "source", None)
+        if state is None or source is None:
+            return False
+        return state.partition_of_site[site] in set(source.held)
 
     def _nats_ready(self) -> dict[str, bool]:
         # Without its consumers NATS PUBACKs a device's message and keeps it for no one.

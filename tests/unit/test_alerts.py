@@ -348,3 +348,27 @@ def test_digest_counts_hours_above_1000_ppm_and_fired_alerts(rig: Rig, tmp_path:
     assert bridge["closest_to_limit"][0]["gauge"] == "sg1/g1/strain"
     assert bridge["closest_to_limit"][0]["share_of_limit"] == 0.9
     store.close()
+
+
+def test_only_the_sites_a_worker_holds_can_fall_silent_there(tmp_path: Path) -> None:
+    """On NATS a worker sees only the sites of the partitions it holds: another worker's
+    devices must not look silent here, and a site taken over is silent only after a whole
+    window of its own."""
+    held = {"b1"}
+    rig = Rig(tmp_path, config())
+    rig.engine = AlertEngine(
+        rig.registry, rig.cfg, rig.store, rig.sink, clock=rig.clock, owns=held.__contains__
+    )
+    window = rig.engine.silence_window(rig.registry.sites["s1"].devices["room-1"])
+    rig.advance(window.total_seconds() * 3)
+    rig.engine.tick()
+    silent = {a for _, a in rig.sink.events("device-silent")}
+    assert silent == {"device-silent/b1/sg1/"}
+    held.add("s1")  # taken over now, after three windows without its data here
+    rig.engine.tick()
+    rig.advance(window.total_seconds() - 10)
+    rig.engine.tick()
+    assert {a for _, a in rig.sink.events("device-silent")} == silent
+    rig.advance(20)
+    rig.engine.tick()
+    assert "device-silent/s1/room-1/" in {a for _, a in rig.sink.events("device-silent")}
