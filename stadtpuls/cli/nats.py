@@ -13,6 +13,8 @@ import click
 from stadtpuls.cli.common import CONFIG, fail, load
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+
     from stadtpuls.settings import Settings
 
 
@@ -77,13 +79,11 @@ def prepare(settings: Settings, wait_s: float = 10.0) -> list[str]:
 
 
 async def _setup(settings: Settings, wait_s: float) -> list[str]:
-    import nats as nats_client
-
-    from ingest.nats_source import MQTT_STREAM, NatsApiError, api, connect_options, setup
+    from ingest.nats_source import MQTT_STREAM, NatsApiError, api, setup
     from stadtpuls.service import nats_settings, nats_subjects
 
     ns = nats_settings(settings)
-    nc = await nats_client.connect(**{**connect_options(ns), "max_reconnect_attempts": 3})
+    nc = await _connect(settings)
     try:
         try:
             await api(nc, f"STREAM.INFO.{MQTT_STREAM}")
@@ -158,18 +158,33 @@ def check_consumers(settings: Settings) -> None:
 
 
 async def _missing(settings: Settings) -> list[str]:
-    import nats as nats_client
+    from ingest.nats_source import missing_consumers
+    from stadtpuls.service import nats_subjects
 
-    from ingest.nats_source import connect_options, missing_consumers
-    from stadtpuls.service import nats_settings, nats_subjects
-
-    async def quiet(exc: Exception) -> None:
-        """The refusal is reported once, by the caller."""
-
-    # One attempt per server (nats-py hangs with reconnects turned off altogether).
-    options = {**connect_options(nats_settings(settings)), "max_reconnect_attempts": 1}
-    nc = await asyncio.wait_for(nats_client.connect(**options, error_cb=quiet), 30)
+    nc = await _connect(settings)
     try:
         return await missing_consumers(nc, nats_subjects(settings))
     finally:
         await nc.close()
+
+
+async def _connect(settings: Settings) -> NatsClient:
+    """A connection that fails fast, with the servers' own reasons (a refused password, a
+    certificate): nats-py's error alone says only "no servers available"."""
+    import nats as nats_client
+
+    from ingest.nats_source import connect_options
+    from stadtpuls.service import nats_settings
+
+    seen: list[Exception] = []
+
+    async def record(exc: Exception) -> None:
+        seen.append(exc)
+
+    # One attempt per server (nats-py hangs with reconnects turned off altogether).
+    options = {**connect_options(nats_settings(settings)), "max_reconnect_attempts": 1}
+    try:
+        return await asyncio.wait_for(nats_client.connect(**options, error_cb=record), 30)
+    except Exception as exc:
+        reasons = sorted({str(e) for e in seen if str(e)})
+        raise RuntimeError("; ".join(reasons) or str(exc)) from exc

@@ -24,6 +24,7 @@ import httpx
 import nats as nats_client
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -378,3 +379,38 @@ def test_missing_consumers_fail_check_config_and_readyz(
         "store_writable": True,
         "ingest_running": True,
     }
+
+
+def test_a_cluster_with_accounts_takes_the_settings_credentials(
+    processes: Processes, service_factory: ServiceFactory, registry_file: Path, tmp_path: Path
+) -> None:
+    """nats.user with nats.password_file reach the cluster (and mqtt.username/password its
+    MQTT listener, which setup connects to once); a wrong password is refused by name."""
+    auth = 'authorization { users = [ {user: ingest, password: "ingest-pass-4711"} ] }\n'
+    cluster = processes.start(
+        NatsCluster(processes.workdir("nats"), NatsSubjects("stadtpuls", PARTITIONS), extra=auth)
+    )
+    secret = tmp_path / "nats.password"
+
+    def configured(password: str) -> ServiceProcess:
+        secret.write_text(password)
+        w = worker(service_factory, cluster, registry_file, f"auth-{password[-4:]}", None)
+        settings = yaml.safe_load(w.config.read_text())
+        settings["nats"] |= {"user": "ingest", "password_file": str(secret)}
+        settings["mqtt"] |= {"username": "ingest", "password": password}
+        w.config.write_text(yaml.safe_dump(settings))
+        return w
+
+    wrong = configured("not-the-pass-0000")
+    r = subprocess.run(
+        [sys.executable, "-m", "stadtpuls", "check-config", "--config", str(wrong.config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "cannot reach NATS" in r.stderr
+    assert "uthorization" in r.stderr, r.stderr
+
+    right = configured("ingest-pass-4711")
+    assert "created consumer" in setup_nats(right)
+    right.start()
+    assert httpx.get(f"{right.url}/readyz", timeout=5).json()["checks"]["nats_consumers"]
