@@ -105,9 +105,19 @@ def registry_file(tmp_path: Path) -> Path:
     return path
 
 
-def start_all(procs: list[ServiceProcess]) -> None:
-    with ThreadPoolExecutor(len(procs)) as pool:
+def run_workers(
+    factory: ServiceFactory,
+    cluster: NatsCluster,
+    registry: Path,
+    victoria: VictoriaMetrics,
+    count: int,
+) -> list[ServiceProcess]:
+    """``count`` workers with the InfluxDB store, started side by side after the setup."""
+    procs = [worker(factory, cluster, registry, f"w{i}", victoria) for i in range(count)]
+    setup_nats(procs[0])
+    with ThreadPoolExecutor(count) as pool:
         list(pool.map(ServiceProcess.start, procs))
+    return procs
 
 
 @dataclass
@@ -149,28 +159,18 @@ def publish(tmp_path: Path, nodes: list[NatsNode], total: int, rate: float) -> l
     return pubs
 
 
-def exported(vm: VictoriaMetrics) -> list[tuple[str, int, float]]:
-    points: list[tuple[str, int, float]] = []
-    for series in vm.export('{__name__="strain_value"}'):
-        site = series["metric"]["site"]
-        points.extend(
-            (site, t, v) for t, v in zip(series["timestamps"], series["values"], strict=True)
-        )
-    return sorted(points)
-
-
 def all_stored(
     vm: VictoriaMetrics, workers: list[ServiceProcess], expected: set[tuple[str, int, float]]
 ) -> list[tuple[str, int, float]]:
     wait_until(
         lambda: (
             all(w.metric("stadtpuls_journal_depth") == 0 for w in workers if w.is_running)
-            and len(exported(vm)) >= len(expected)
+            and len(vm.site_points()) >= len(expected)
         ),
         90,
         "every acknowledged reading in the database",
     )
-    return exported(vm)
+    return vm.site_points()
 
 
 def assert_exactly(
@@ -217,9 +217,7 @@ def test_three_workers_share_the_partitions_and_store_every_reading_once(
     service_factory: ServiceFactory,
     registry_file: Path,
 ) -> None:
-    workers = [worker(service_factory, cluster, registry_file, f"w{i}", victoria) for i in range(3)]
-    setup_nats(workers[0])
-    start_all(workers)
+    workers = run_workers(service_factory, cluster, registry_file, victoria, 3)
     pubs = publish(tmp_path, cluster.nodes, 20_000, 2_000.0)
     expected = set().union(*(p.acked() for p in pubs))
     assert len(expected) == sum(p.count for p in pubs) >= 20_000
@@ -241,9 +239,7 @@ def test_stream_leader_killed_mid_stream_loses_nothing(
     service_factory: ServiceFactory,
     registry_file: Path,
 ) -> None:
-    workers = [worker(service_factory, cluster, registry_file, f"w{i}", victoria) for i in range(2)]
-    setup_nats(workers[0])
-    start_all(workers)
+    workers = run_workers(service_factory, cluster, registry_file, victoria, 2)
     leader = stream_leader(cluster)
     # The publishers stay off the leader's node: a publisher that loses its node waits for
     # it; the test is about the stream, not about the publisher's reconnects.
@@ -269,9 +265,7 @@ def test_a_killed_workers_partitions_move_warm_and_nothing_is_lost(
     service_factory: ServiceFactory,
     registry_file: Path,
 ) -> None:
-    workers = [worker(service_factory, cluster, registry_file, f"w{i}", victoria) for i in range(2)]
-    setup_nats(workers[0])
-    start_all(workers)
+    workers = run_workers(service_factory, cluster, registry_file, victoria, 2)
     pubs = publish(tmp_path, cluster.nodes, 12_000, 1_000.0)
     victim, survivor = workers
     wait_until(lambda: len(held(victim)) >= 2, 30, "the victim holding partitions")

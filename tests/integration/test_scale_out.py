@@ -75,16 +75,6 @@ def start_load(tmp_path: Path, port: int) -> tuple[subprocess.Popen[bytes], Path
     return proc, out, base_ms
 
 
-def exported(vm: VictoriaMetrics) -> list[tuple[str, int, float]]:
-    points: list[tuple[str, int, float]] = []
-    for series in vm.export('{__name__="strain_value"}'):
-        site = series["metric"]["site"]
-        points.extend(
-            (site, t, v) for t, v in zip(series["timestamps"], series["values"], strict=True)
-        )
-    return sorted(points)
-
-
 def test_three_workers_one_killed_nothing_lost_or_duplicated(
     tmp_path: Path,
     broker: MosquittoBroker,
@@ -118,12 +108,12 @@ def test_three_workers_one_killed_nothing_lost_or_duplicated(
     wait_until(
         lambda: (
             all(w.metric("stadtpuls_journal_depth") == 0 for w in workers)
-            and len(exported(victoria)) >= len(expected)
+            and len(victoria.site_points()) >= len(expected)
         ),
         60,
         "every acknowledged reading in the database",
     )
-    points = exported(victoria)
+    points = victoria.site_points()
     assert len(points) == len(set(points)), "a reading stored twice"
     missing = sorted(set(expected) - set(points))
     assert not missing, f"{len(missing)} acknowledged readings lost, first {missing[:5]}"

@@ -111,6 +111,16 @@ class VictoriaMetrics(ServerProcess):
         )
         response.raise_for_status()
 
+    def site_points(self, name: str = "strain_value") -> list[tuple[str, int, float]]:
+        """Every stored sample of the metric ``name`` as (site, ms, value), sorted."""
+        points: list[tuple[str, int, float]] = []
+        for series in self.export(f'{{__name__="{name}"}}'):
+            site = series["metric"]["site"]
+            points.extend(
+                (site, t, v) for t, v in zip(series["timestamps"], series["values"], strict=True)
+            )
+        return sorted(points)
+
     def export(self, match: str) -> list[dict[str, Any]]:
         """Every stored sample of the series matching `match`, e.g. ``{__name__=~"strain_.*"}``.
 
