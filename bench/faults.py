@@ -661,24 +661,6 @@ class NatsRig:
             with suppress(Exception):
                 part.stop()
 
-    def leader(self) -> Any:
-        import asyncio
-
-        import nats as nats_client
-
-        from ingest.nats_source import MQTT_STREAM, api
-
-        async def ask() -> str:
-            nc = await nats_client.connect(servers=self.cluster.servers)
-            try:
-                info = await api(nc, f"STREAM.INFO.{MQTT_STREAM}")
-            finally:
-                await nc.close()
-            return str(info["cluster"]["leader"])
-
-        name = asyncio.run(ask())
-        return next(n for n in self.cluster.nodes if n.node_name == name)
-
     def stored_ts(self) -> list[int]:
         points: list[int] = []
         for series in self.vm.export('{__name__="strain_value"}'):
@@ -742,7 +724,7 @@ def nats_leader_kills(workdir: Path, short: bool) -> Outcome:
                 120,
                 "readings before the kill",
             )
-            leader = rig.leader()
+            leader = rig.cluster.stream_leader()
             leader.kill()
             time.sleep(5)  # the outage itself: 5 s down
             leader.start()

@@ -52,6 +52,7 @@ from prometheus_client.registry import Collector
 from devices.vocabulary import SiteKind
 from ingest.batch import InboundMessage
 from ingest.metrics import IngestMetrics
+from ingest.sources import take_from
 
 log = logging.getLogger(__name__)
 
@@ -639,24 +640,9 @@ class JetStreamSource:
     def take(
         self, max_messages: int, max_wait: timedelta, max_bytes: int | None = None
     ) -> list[InboundMessage]:
-        q = self._queue
-        try:
-            first = q.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        out = [first]
-        size = len(first.payload)
-        limit = max_bytes if max_bytes is not None else float("inf")
-        deadline = time.monotonic() + max_wait.total_seconds()
-        while len(out) < max_messages and size < limit:
-            try:
-                m = q.get(timeout=max(0.0, min(0.005, deadline - time.monotonic())))
-            except queue.Empty:
-                if time.monotonic() >= deadline:
-                    break
-                continue
-            out.append(m)
-            size += len(m.payload)
+        out = take_from(self._queue, max_messages, max_wait, max_bytes)
+        if not out:
+            return out
         self.metrics.messages_received.inc(len(out))
         self.metrics.pending_messages.set(self._pending)
         return out

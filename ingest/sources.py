@@ -1,13 +1,50 @@
-"""``ListSource``: a message source over a list, for replays and tests (passed in, never
+"""What message sources share: ``take_from``, a batch from the queue a client's thread
+fills; and ``ListSource``, a source over a list, for replays and tests (passed in, never
 patched in), recording what was acknowledged."""
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from ingest.batch import InboundMessage
+
+_POLL_INTERVAL_S = 0.005
+
+
+def take_from(
+    q: queue.SimpleQueue[InboundMessage],
+    max_messages: int,
+    max_wait: timedelta,
+    max_bytes: int | None,
+) -> list[InboundMessage]:
+    """``MessageSource.take`` over ``q``: up to ``max_messages`` (or ``max_bytes`` of
+    payload), waiting at most ``max_wait`` once the first has arrived; none after 0.2 s
+    without any, so the caller can look at its stop flag."""
+    try:
+        first = q.get(timeout=0.2)
+    except queue.Empty:
+        return []
+    out = [first]
+    size = len(first.payload)
+    limit = max_bytes if max_bytes is not None else float("inf")
+    deadline = time.monotonic() + max_wait.total_seconds()
+    while len(out) < max_messages and size < limit:
+        try:
+            m = q.get_nowait()
+            out.append(m)
+            size += len(m.payload)
+        except queue.Empty:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Let messages pile up rather than waking for each one: every wake-up takes
+            # the GIL from the client's network thread.
+            time.sleep(min(remaining, _POLL_INTERVAL_S))
+    return out
 
 
 class ListSource:

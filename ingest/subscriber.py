@@ -29,10 +29,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.mqtt_client import BrokerAccess, new_client, on_connection
 from ingest.batch import InboundMessage
 from ingest.metrics import IngestMetrics
+from ingest.sources import take_from
 
 log = logging.getLogger(__name__)
-
-_POLL_INTERVAL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,26 +212,9 @@ class MqttSubscriber:
         self, max_messages: int, max_wait: timedelta, max_bytes: int | None = None
     ) -> list[InboundMessage]:
         q = self._queue
-        try:
-            first = q.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        out = [first]
-        size = len(first.payload)
-        limit = max_bytes if max_bytes is not None else float("inf")
-        deadline = time.monotonic() + max_wait.total_seconds()
-        while len(out) < max_messages and size < limit:
-            try:
-                m = q.get_nowait()
-                out.append(m)
-                size += len(m.payload)
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Let messages pile up rather than waking for each one: every wake-up
-                # takes the GIL from paho's network thread.
-                time.sleep(min(remaining, _POLL_INTERVAL_S))
+        out = take_from(q, max_messages, max_wait, max_bytes)
+        if not out:
+            return out
         # Counted here, once per batch: a counter update per message would cost the
         # network thread a lock round trip at tens of thousands of messages a second.
         self.metrics.messages_received.inc(len(out))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from ingest.nats_source import NatsSubjects
+from ingest.nats_source import MQTT_STREAM, NatsSubjects, api
 from stadtpuls.broker import LOOPBACK, free_port
 from stadtpuls.processes import ServerProcess, StartStop
 
@@ -165,6 +165,23 @@ class NatsCluster(StartStop):
                     f"the NATS cluster was not healthy within {timeout:.0f} s\n{tails}"
                 )
             time.sleep(0.1)
+
+    def stream_leader(self, stream: str = MQTT_STREAM) -> NatsNode:
+        """The node that leads ``stream`` now (the one to kill for a failover)."""
+        import asyncio
+
+        import nats
+
+        async def ask() -> str:
+            nc = await nats.connect(servers=self.servers)
+            try:
+                info = await api(nc, f"STREAM.INFO.{stream}")
+            finally:
+                await nc.close()
+            return str(info["cluster"]["leader"])
+
+        name = asyncio.run(ask())
+        return next(n for n in self.nodes if n.node_name == name)
 
     def stop(self) -> None:
         errors = []

@@ -197,19 +197,6 @@ def used_partitions() -> set[int]:
     return {subjects.partition_of(site) for site in SITES}
 
 
-def stream_leader(cluster: NatsCluster) -> NatsNode:
-    async def ask() -> str:
-        nc = await nats_client.connect(servers=cluster.servers)
-        try:
-            info = await api(nc, f"STREAM.INFO.{MQTT_STREAM}")
-        finally:
-            await nc.close()
-        return str(info["cluster"]["leader"])
-
-    name = asyncio.run(ask())
-    return next(n for n in cluster.nodes if n.node_name == name)
-
-
 def test_three_workers_share_the_partitions_and_store_every_reading_once(
     tmp_path: Path,
     cluster: NatsCluster,
@@ -240,7 +227,7 @@ def test_stream_leader_killed_mid_stream_loses_nothing(
     registry_file: Path,
 ) -> None:
     workers = run_workers(service_factory, cluster, registry_file, victoria, 2)
-    leader = stream_leader(cluster)
+    leader = cluster.stream_leader()
     # The publishers stay off the leader's node: a publisher that loses its node waits for
     # it; the test is about the stream, not about the publisher's reconnects.
     others = [n for n in cluster.nodes if n is not leader]
