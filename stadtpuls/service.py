@@ -112,7 +112,7 @@ class Source(MessageSource, Protocol):
 
 class _PartitionState:
     """Checkpoints the anomaly state of the partitions a batch touched into NATS, at most
-    once a second each, and restores a partition's state when this worker takes it over:
+    once every ``every_s`` each, and restores a partition's state when this worker takes it over:
     the worker that takes a partition judges its next readings as the last holder would
     have, but for what was committed after the last checkpoint."""
 
@@ -247,7 +247,10 @@ class Service:
         )
         if settings.source == "nats":
             self.partition_state: _PartitionState | None = _PartitionState(
-                self.detectors, registry, nats_subjects(settings)
+                self.detectors,
+                registry,
+                nats_subjects(settings),
+                settings.nats.checkpoint_every.total_seconds(),
             )
             self.pipeline.listeners.append(self.partition_state)
         else:

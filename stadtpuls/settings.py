@@ -222,6 +222,9 @@ class NatsSection(_Section):
     group: str = Field(default="stadtpuls", pattern=r"^[A-Za-z0-9_-]{1,16}$")
     priority_timeout: Duration = timedelta(seconds=3)
     ack_wait: Duration = timedelta(seconds=30)
+    # How often each partition's anomaly state goes to the state bucket: a takeover starts
+    # from the last one. Each checkpoint copies the whole state, so not every batch.
+    checkpoint_every: Duration = timedelta(seconds=5)
     state_bucket: str = Field(default="stadtpuls_state", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     workers_bucket: str = Field(default="stadtpuls_workers", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     max_pending: int = Field(default=20000, ge=1)
