@@ -279,9 +279,10 @@ class _Partition:
 class JetStreamSource:
     """A ``MessageSource`` over the partition consumers of ``subjects``.
 
-    ``gained(partition)`` returns the anomaly state to restore when this worker takes a
-    partition (called on the client's thread before any of its messages is handed out);
-    ``checkpoint(partition, snapshot)`` stores one.
+    ``on_gained(partition, snapshot)`` is called when this worker takes a partition, with
+    the partition's last checkpoint (None if it has none), on the client's thread and before
+    any of the partition's messages is handed out; ``checkpoint(partition, snapshot)``
+    stores one.
     """
 
     def __init__(
