@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ from alerts.incidents import INCIDENT, Incidents, MemberChange, at
 from alerts.model import Alert, AlertKey, Event, Notification, State
 from alerts.notifier import NotificationSink, Notifier, ns
 from alerts.rules import LevelRule, Rule, compile_rules
-from alerts.state import AlertStore, Stored
+from alerts.state import AlertStore, Stored, stored_from_json, stored_to_json
 from alerts.watch import RULES as WATCHED
 from alerts.watch import PipelineHealth, Watch
 from devices.registry import Device, Registry, Series
@@ -163,6 +164,59 @@ class AlertEngine:
         yield from self._tracks.values()
         yield from self.incidents
         yield from self.watch
+
+    # -- partitions moving between workers (source: nats) ----------------------------------
+
+    def export(self, sites: set[str]) -> list[dict[str, Any]]:
+        """The open alerts (pending or firing) of ``sites``, for the worker that takes them
+        over (``take_over``)."""
+        with self._lock:
+            return [
+                stored_to_json(st)
+                for st in self._all()
+                if st.alert.key.site in sites and st.alert.state != State.RESOLVED
+            ]
+
+    def take_over(self, sites: set[str], alerts: list[dict[str, Any]]) -> int:
+        """The alerts of ``sites`` as the last holder left them: what this worker had of
+        those sites from an earlier hold is replaced. Nothing is told to the channels: for
+        the people on call the alerts simply carry on. Returns how many were taken."""
+        now = self.clock()
+        with self._lock:
+            self._forget(sites, now, "replaced by the state of the worker it came from")
+            for d in alerts:
+                st = stored_from_json(d)
+                if st.alert.key.site not in sites:
+                    continue
+                self.store.save(st, "taken over", "from the partition's last holder", now)
+                self._adopt(st)
+            self._regroup()
+        return len(alerts)
+
+    def hand_over(self, sites: set[str]) -> None:
+        """``sites`` went to another worker: their alerts are its now. They leave this
+        worker's memory, and its store keeps them as resolved here, without a notification."""
+        with self._lock:
+            self._forget(sites, self.clock(), "handed over with its partition")
+
+    def _forget(self, sites: set[str], now: datetime, detail: str) -> None:
+        gone = [k for k, st in self._tracks.items() if st.alert.key.site in sites]
+        gone_incidents = [i for i, st in self.incidents.items() if st.alert.key.site in sites]
+        gone_watched = [k for k, st in self.watch.alerts.items() if st.alert.key.site in sites]
+        for st in [
+            *(self._tracks[k] for k in gone),
+            *(self.incidents.get(i) for i in gone_incidents),
+            *(self.watch.alerts[k] for k in gone_watched),
+        ]:
+            if st is not None and st.alert.state != State.RESOLVED:
+                st.alert.state, st.alert.resolved_at = State.RESOLVED, now
+                self.store.save(st, "moved", detail, now)
+        for track in gone:
+            del self._tracks[track]
+        for i in gone_incidents:
+            self.incidents.drop(i)
+        for key in gone_watched:
+            del self.watch.alerts[key]
 
     # -- batches --------------------------------------------------------------------------
 

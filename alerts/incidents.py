@@ -82,11 +82,17 @@ class Incidents:
     def __iter__(self) -> Iterator[Stored]:
         return iter(self._by_series.values())
 
+    def items(self) -> list[tuple[int, Stored]]:
+        return list(self._by_series.items())
+
     def get(self, index: int) -> Stored | None:
         return self._by_series.get(index)
 
     def adopt(self, index: int, st: Stored) -> None:
         self._by_series[index] = st
+
+    def drop(self, index: int) -> None:
+        self._by_series.pop(index, None)
 
     def _incident(self, index: int) -> Stored:
         st = self._by_series.get(index)

@@ -102,6 +102,41 @@ class Delivery:
     error: str | None
 
 
+def stored_to_json(st: Stored) -> dict[str, Any]:
+    """An alert with its bookkeeping as JSON, for handing it to another worker."""
+    a = st.alert
+    return {
+        "rule": a.key.rule, "site": a.key.site, "device": a.key.device,
+        "channel": a.key.channel, "kind": a.kind, "severity": str(a.severity),
+        "state": str(a.state), "summary": a.summary, "value": a.value,
+        "threshold": a.threshold, "unit": a.unit, "since": _t(a.since),
+        "fired_at": _t(a.fired_at), "resolved_at": _t(a.resolved_at),
+        "acked_by": a.acked_by, "acked_at": _t(a.acked_at), "labels": a.labels,
+        "annotations": a.annotations, "engine": st.engine,
+    }  # fmt: skip
+
+
+def stored_from_json(d: dict[str, Any]) -> Stored:
+    alert = Alert(
+        key=AlertKey(d["rule"], d["site"], d["device"], d["channel"]),
+        severity=Severity(d["severity"]),
+        kind=d["kind"],
+        state=State(d["state"]),
+        summary=d["summary"],
+        value=d["value"],
+        threshold=d["threshold"],
+        unit=d["unit"],
+        since=_dt(d["since"]),
+        fired_at=_dt(d["fired_at"]),
+        resolved_at=_dt(d["resolved_at"]),
+        acked_by=d["acked_by"],
+        acked_at=_dt(d["acked_at"]),
+        labels=dict(d["labels"]),
+        annotations=dict(d["annotations"]),
+    )
+    return Stored(alert, dict(d["engine"]))
+
+
 def _t(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 

@@ -279,10 +279,11 @@ class _Partition:
 class JetStreamSource:
     """A ``MessageSource`` over the partition consumers of ``subjects``.
 
-    ``on_gained(partition, snapshot)`` is called when this worker takes a partition, with
-    the partition's last checkpoint (None if it has none), on the client's thread and before
-    any of the partition's messages is handed out; ``checkpoint(partition, snapshot)``
-    stores one.
+    ``on_gained(partition, checkpoint)`` is called when this worker takes a partition, with
+    the partition's last checkpoint (each of ``parts`` that was stored), on the client's
+    thread and before any of the partition's messages is handed out; ``checkpoint(partition,
+    part, data)`` stores one part. ``on_lost(partition)`` is called when the partition went
+    to another worker.
     """
 
     def __init__(
@@ -290,13 +291,17 @@ class JetStreamSource:
         settings: NatsSettings,
         subjects: NatsSubjects,
         metrics: IngestMetrics,
-        on_gained: Callable[[int, bytes | None], None] | None = None,
+        on_gained: Callable[[int, dict[str, bytes]], None] | None = None,
+        on_lost: Callable[[int], None] | None = None,
+        parts: tuple[str, ...] = ("anomaly",),
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.subjects = subjects
         self.metrics = metrics
         self.on_gained = on_gained
+        self.on_lost = on_lost
+        self.parts = parts
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self._queue: queue.SimpleQueue[InboundMessage] = queue.SimpleQueue()
         self._pending = 0  # taken from the cluster, not yet acknowledged
@@ -519,6 +524,16 @@ class JetStreamSource:
         if pin is not None and await self._pinned_to(nc, p) == pin:
             log.info("giving up partition %d (%d workers)", p.number, self._workers)
             await self._unpin(nc, p)
+        if pin is not None:
+            self._lost(p)
+
+    def _lost(self, p: _Partition) -> None:
+        if self.on_lost is None or p.number is None:
+            return
+        try:
+            self.on_lost(p.number)
+        except Exception:
+            log.exception("handing over the state of partition %d failed", p.number)
 
     async def _pinned_to(self, nc: NatsClient, p: _Partition) -> str | None:
         try:
@@ -589,7 +604,8 @@ class JetStreamSource:
             if status == "423":  # the partition is pinned to another worker now
                 if p.pin is not None:
                     log.info("lost partition %s to another worker", p.name)
-                p.pin = None
+                    p.pin = None
+                    self._lost(p)
             elif status == "409" and "Deleted" in headers.get("Description", ""):
                 self.missing = [*self.missing, p.name]
             p.done.set()
@@ -613,15 +629,17 @@ class JetStreamSource:
         self.taken += 1
         if self.on_gained is None:
             return
-        snapshot: bytes | None = None
+        checkpoint: dict[str, bytes] = {}
         if self._state_kv is not None:
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self._state_kv.get(f"p{p.number}")
-                snapshot = entry.value
-        if snapshot is not None:
+            for part in self.parts:
+                with contextlib.suppress(KeyNotFoundError):
+                    entry = await self._state_kv.get(f"p{p.number}.{part}")
+                    if entry.value is not None:
+                        checkpoint[part] = entry.value
+        if checkpoint:
             self.warm += 1
         try:
-            self.on_gained(p.number, snapshot)
+            self.on_gained(p.number, checkpoint)
         except Exception:
             log.exception("restoring the state of partition %d failed; it starts cold", p.number)
 
@@ -670,15 +688,15 @@ class JetStreamSource:
             await nc.publish(reply, b"+ACK")
         await nc.flush(timeout=5)
 
-    def checkpoint(self, partition: int, snapshot: bytes) -> None:
-        """Store ``snapshot`` as the partition's state (without waiting for it)."""
+    def checkpoint(self, partition: int, part: str, data: bytes) -> None:
+        """Store ``data`` as that part of the partition's state (without waiting for it)."""
         kv = self._state_kv
         if kv is None or self._loop.is_closed():
             return
 
         async def put() -> None:
             try:
-                await kv.put(f"p{partition}", snapshot)
+                await kv.put(f"p{partition}.{part}", data)
             except Exception as exc:
                 log.warning("checkpoint of partition %d failed: %s", partition, exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import threading
@@ -35,6 +36,7 @@ from ingest.stores.sqlite import SqliteStore
 from ingest.subscriber import MqttSettings, MqttSubscriber
 
 if TYPE_CHECKING:
+    from alerts.engine import AlertEngine
     from ingest.nats_source import JetStreamSource, NatsSettings, NatsSubjects
 from stadtpuls.alerting import Alerting
 from stadtpuls.settings import Settings, config_warnings
@@ -111,10 +113,13 @@ class Source(MessageSource, Protocol):
 
 
 class _PartitionState:
-    """Checkpoints the anomaly state of the partitions a batch touched into NATS, at most
-    once every ``every_s`` each, and restores a partition's state when this worker takes it over:
-    the worker that takes a partition judges its next readings as the last holder would
-    have, but for what was committed after the last checkpoint."""
+    """Checkpoints the state of the partitions a batch touched into NATS, at most once every
+    ``every_s`` each: the anomaly state of their series and their sites' open alerts. A
+    worker that takes a partition over restores both, so it judges the next readings as the
+    last holder would have (but for what was committed after the last checkpoint), and the
+    alerts carry on rather than fire again."""
+
+    PARTS = ("anomaly", "alerts")
 
     def __init__(
         self, detectors: Detectors, registry: Registry, subjects: NatsSubjects, every_s: float = 1.0
@@ -129,12 +134,22 @@ class _PartitionState:
         self.rows = {p: np.flatnonzero(part == p) for p in np.unique(part).tolist()}
         self._saved: dict[int, float] = {}
         self.source: JetStreamSource | None = None
+        self.alerts: AlertEngine | None = None
 
-    def gained(self, partition: int, snapshot: bytes | None) -> None:
-        if snapshot is None:
-            return
-        restored = self.detectors.restore(snapshot)
-        log.info("partition %d: anomaly state of %d series restored", partition, restored)
+    def sites(self, partition: int) -> set[str]:
+        return {site for site, p in self.partition_of_site.items() if p == partition}
+
+    def gained(self, partition: int, checkpoint: dict[str, bytes]) -> None:
+        if "anomaly" in checkpoint:
+            restored = self.detectors.restore(checkpoint["anomaly"])
+            log.info("partition %d: anomaly state of %d series restored", partition, restored)
+        if self.alerts is not None and "alerts" in checkpoint:
+            taken = self.alerts.take_over(self.sites(partition), json.loads(checkpoint["alerts"]))
+            log.info("partition %d: %d open alerts taken over", partition, taken)
+
+    def lost(self, partition: int) -> None:
+        if self.alerts is not None:
+            self.alerts.hand_over(self.sites(partition))
 
     def batch_committed(self, batch: ReadingBatch) -> None:
         source = self.source
@@ -151,7 +166,10 @@ class _PartitionState:
         for p in due:
             self._saved[p] = now
         for p, snapshot in self.detectors.snapshots({p: self.rows[p] for p in due}).items():
-            source.checkpoint(p, snapshot)
+            source.checkpoint(p, "anomaly", snapshot)
+            if self.alerts is not None:
+                alerts = self.alerts.export(self.sites(p))
+                source.checkpoint(p, "alerts", json.dumps(alerts).encode())
 
 
 class _StateSaver:
@@ -301,9 +319,16 @@ class Service:
             state = self.partition_state
             assert state is not None
             source = JetStreamSource(
-                nats_settings(settings), nats_subjects(settings), self.metrics, state.gained
+                nats_settings(settings),
+                nats_subjects(settings),
+                self.metrics,
+                on_gained=state.gained,
+                on_lost=state.lost,
+                parts=state.PARTS,
             )
             state.source = source
+            if self.alerting is not None:
+                state.alerts = self.alerting.engine
             self.metrics.registry.register(NatsCollector(source))
             return source
         return MqttSubscriber(

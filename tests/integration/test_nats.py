@@ -59,6 +59,7 @@ def worker(
     registry: Path,
     name: str,
     victoria: VictoriaMetrics | None,
+    alerts: bool = False,
 ) -> ServiceProcess:
     store: dict[str, object] = {}
     if victoria is not None:
@@ -80,7 +81,7 @@ def worker(
             "priority_timeout": f"{PRIORITY_TIMEOUT_S}s",
             "ack_wait": f"{ACK_WAIT_S}s",
         },
-        alerts={"enabled": False},
+        alerts={"enabled": alerts},
         **store,
     )
 
@@ -111,9 +112,10 @@ def run_workers(
     registry: Path,
     victoria: VictoriaMetrics,
     count: int,
+    alerts: bool = False,
 ) -> list[ServiceProcess]:
     """``count`` workers with the InfluxDB store, started side by side after the setup."""
-    procs = [worker(factory, cluster, registry, f"w{i}", victoria) for i in range(count)]
+    procs = [worker(factory, cluster, registry, f"w{i}", victoria, alerts) for i in range(count)]
     setup_nats(procs[0])
     with ThreadPoolExecutor(count) as pool:
         list(pool.map(ServiceProcess.start, procs))
@@ -252,7 +254,8 @@ def test_a_killed_workers_partitions_move_warm_and_nothing_is_lost(
     service_factory: ServiceFactory,
     registry_file: Path,
 ) -> None:
-    workers = run_workers(service_factory, cluster, registry_file, victoria, 2)
+    # With alerts on, so their state travels with the partitions too.
+    workers = run_workers(service_factory, cluster, registry_file, victoria, 2, alerts=True)
     pubs = publish(tmp_path, cluster.nodes, 12_000, 1_000.0)
     victim, survivor = workers
     wait_until(lambda: len(held(victim)) >= 2, 30, "the victim holding partitions")

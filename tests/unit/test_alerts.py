@@ -4,6 +4,7 @@ a list; the store is a real SQLite file. Time is a clock the test moves."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -372,3 +373,29 @@ def test_only_the_sites_a_worker_holds_can_fall_silent_there(tmp_path: Path) -> 
     rig.advance(20)
     rig.engine.tick()
     assert "device-silent/s1/room-1/" in {a for _, a in rig.sink.events("device-silent")}
+
+
+def test_open_alerts_move_with_their_sites_without_a_word_to_the_channels(
+    tmp_path: Path,
+) -> None:
+    """On NATS a partition moves between workers: its sites' open alerts go with it. The
+    new holder carries the incident on (and resolves it when the gauge recovers); the old
+    one forgets it; nobody on call hears of the move."""
+    old = Rig(tmp_path / "old", config())
+    g1 = old.index("b1", "sg1", "g1/strain")
+    old.feed(g1, [100.0, 910.0])
+    assert old.sink.events() == [("firing", "incident/b1/sg1/g1/strain")]
+    moving = json.loads(json.dumps(old.engine.export({"b1"})))  # as it travels, in JSON
+    assert old.engine.export({"s1"}) == []
+
+    new = Rig(tmp_path / "new", config())
+    new.clock.now = old.clock.now
+    new.engine.take_over({"b1"}, moving)
+    old.engine.hand_over({"b1"})
+    assert [a.id for a in new.engine.active()] == ["incident/b1/sg1/g1/strain"]
+    assert old.engine.active() == []
+    assert new.sink.sent == []
+    assert old.sink.events() == [("firing", "incident/b1/sg1/g1/strain")]
+    new.advance(70)
+    new.feed(g1, [500.0] * 70)  # below the clear level for longer than clear_for
+    assert new.sink.events() == [("resolved", "incident/b1/sg1/g1/strain")]
