@@ -193,11 +193,11 @@ class AlertEngine:
             self._regroup()
         return len(alerts)
 
-    def hand_over(self, sites: set[str]) -> None:
+    def hand_over(self, sites: set[str], detail: str = "handed over with its partition") -> None:
         """``sites`` went to another worker: their alerts are its now. They leave this
         worker's memory, and its store keeps them as resolved here, without a notification."""
         with self._lock:
-            self._forget(sites, self.clock(), "handed over with its partition")
+            self._forget(sites, self.clock(), detail)
 
     def _forget(self, sites: set[str], now: datetime, detail: str) -> None:
         gone = [k for k, st in self._tracks.items() if st.alert.key.site in sites]

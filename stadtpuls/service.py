@@ -329,6 +329,11 @@ class Service:
             state.source = source
             if self.alerting is not None:
                 state.alerts = self.alerting.engine
+                # What this worker's store holds from before its start belongs to whoever
+                # holds those partitions now; it comes back with a partition's checkpoint.
+                state.alerts.hand_over(
+                    set(registry.sites), "left to the partition's holder at start"
+                )
             self.metrics.registry.register(NatsCollector(source))
             return source
         return MqttSubscriber(
