@@ -313,6 +313,7 @@ class JetStreamSource:
         self._stopping = asyncio.Event()
         self._nc: NatsClient | None = None
         self._state_kv: KeyValue | None = None
+        self._members_kv: KeyValue | None = None
         self._workers = 1
         # Set once the members' bucket was counted: a worker that took partitions before it
         # knew of the others would take them all and hand most back at once.
@@ -447,7 +448,11 @@ class JetStreamSource:
                 break
             assert isinstance(m.token, _Token)
             await nc.publish(m.token.reply, b"-NAK")
-        # Hand the partitions over at once rather than after the priority timeout.
+        # Leave the members at once, so the others' fair shares grow now, and hand the
+        # partitions over now rather than after the priority timeout.
+        if self._members_kv is not None:
+            with contextlib.suppress(Exception):
+                await self._members_kv.delete(self.worker_id)
         for p in [*self._parts, self._other]:
             if p.pin is not None:
                 await self._unpin(nc, p)
@@ -462,7 +467,7 @@ class JetStreamSource:
         while True:
             try:
                 if kv is None:
-                    kv = await js.key_value(self.settings.workers_bucket)
+                    kv = self._members_kv = await js.key_value(self.settings.workers_bucket)
                     self._state_kv = await js.key_value(self.settings.state_bucket)
                 await kv.put(self.worker_id, str(time.time()).encode())
                 if not self._counted.is_set():

@@ -398,3 +398,27 @@ def test_a_cluster_with_accounts_takes_the_settings_credentials(
     assert "created consumer" in setup_nats(right)
     right.start()
     assert httpx.get(f"{right.url}/readyz", timeout=5).json()["checks"]["nats_consumers"]
+
+
+def test_a_worker_that_stops_hands_its_partitions_over_at_once(
+    tmp_path: Path,
+    cluster: NatsCluster,
+    victoria: VictoriaMetrics,
+    service_factory: ServiceFactory,
+    registry_file: Path,
+) -> None:
+    """SIGTERM, not a crash: the worker leaves the members, unpins its partitions and hands
+    back what it had not processed, so the other takes over well within the priority
+    timeout plus the ack wait that a crash costs, and nothing is lost."""
+    leaving, staying = run_workers(service_factory, cluster, registry_file, victoria, 2)
+    pubs = publish(tmp_path, cluster.nodes, 9_000, 900.0)
+    wait_until(lambda: len(held(leaving)) >= 2, 30, "both workers holding partitions")
+    wait_until(lambda: staying.metric("stadtpuls_readings_stored_total") > 500, 30, "commits")
+    moved = held(leaving)
+    leaving.stop()
+    stopped = time.monotonic()
+    wait_until(lambda: moved <= held(staying), 30, "the other worker taking the partitions")
+    took_s = time.monotonic() - stopped
+    expected = set().union(*(p.acked() for p in pubs))
+    assert_exactly(all_stored(victoria, [staying], expected), expected)
+    assert took_s < PRIORITY_TIMEOUT_S + 1.0, f"took {took_s:.1f} s"
