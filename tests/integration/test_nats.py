@@ -233,7 +233,7 @@ def test_stream_leader_killed_mid_stream_loses_nothing(
     # The publishers stay off the leader's node: a publisher that loses its node waits for
     # it; the test is about the stream, not about the publisher's reconnects.
     others = [n for n in cluster.nodes if n is not leader]
-    pubs = publish(tmp_path, others, 12_000, 1_500.0)
+    pubs = publish(tmp_path, others, 9_000, 1_500.0)
     wait_until(
         lambda: sum(w.metric("stadtpuls_readings_stored_total") for w in workers) > 2_000,
         30,
@@ -256,7 +256,7 @@ def test_a_killed_workers_partitions_move_warm_and_nothing_is_lost(
 ) -> None:
     # With alerts on, so their state travels with the partitions too.
     workers = run_workers(service_factory, cluster, registry_file, victoria, 2, alerts=True)
-    pubs = publish(tmp_path, cluster.nodes, 12_000, 1_000.0)
+    pubs = publish(tmp_path, cluster.nodes, 8_000, 1_000.0)
     victim, survivor = workers
     wait_until(lambda: len(held(victim)) >= 2, 30, "the victim holding partitions")
     wait_until(lambda: victim.metric("stadtpuls_readings_stored_total") > 1_500, 30, "its commits")
@@ -411,7 +411,7 @@ def test_a_worker_that_stops_hands_its_partitions_over_at_once(
     back what it had not processed, so the other takes over well within the priority
     timeout plus the ack wait that a crash costs, and nothing is lost."""
     leaving, staying = run_workers(service_factory, cluster, registry_file, victoria, 2)
-    pubs = publish(tmp_path, cluster.nodes, 9_000, 900.0)
+    pubs = publish(tmp_path, cluster.nodes, 6_000, 900.0)
     wait_until(lambda: len(held(leaving)) >= 2, 30, "both workers holding partitions")
     wait_until(lambda: staying.metric("stadtpuls_readings_stored_total") > 500, 30, "commits")
     moved = held(leaving)
