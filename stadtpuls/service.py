@@ -136,6 +136,10 @@ class _PartitionState:
         self.source: JetStreamSource | None = None
         self.alerts: AlertEngine | None = None
 
+    def owns(self, site: str) -> bool:
+        """Whether this worker holds the site's partition now."""
+        return self.source is not None and self.partition_of_site[site] in set(self.source.held)
+
     def sites(self, partition: int) -> set[str]:
         return {site for site, p in self.partition_of_site.items() if p == partition}
 
@@ -243,6 +247,15 @@ class Service:
         restored = self.detectors.load(self.anomaly_state_path)
         if restored:
             log.info("anomaly state restored for %d series", restored)
+        # On NATS the worker's partitions, and so its sites, change while it runs.
+        self.partition_state: _PartitionState | None = None
+        if settings.source == "nats":
+            self.partition_state = _PartitionState(
+                self.detectors,
+                registry,
+                nats_subjects(settings),
+                settings.nats.checkpoint_every.total_seconds(),
+            )
         # The export and the alert digest read through the store: SQLite directly,
         # InfluxDB through Flux.
         self.alerting: Alerting | None = None
@@ -253,7 +266,7 @@ class Service:
                 self.store,
                 self._health,
                 maintenance=[self.store.maintain],
-                owns=self._owns_site if settings.source == "nats" else None,
+                owns=None if self.partition_state is None else self.partition_state.owns,
             )
         alert_listeners = [] if self.alerting is None else [self.alerting.engine]
         self.pipeline = Pipeline(
@@ -263,16 +276,8 @@ class Service:
             self.metrics,
             [*listeners, *alert_listeners, _StateSaver(self.detectors, self.anomaly_state_path)],
         )
-        if settings.source == "nats":
-            self.partition_state: _PartitionState | None = _PartitionState(
-                self.detectors,
-                registry,
-                nats_subjects(settings),
-                settings.nats.checkpoint_every.total_seconds(),
-            )
+        if self.partition_state is not None:
             self.pipeline.listeners.append(self.partition_state)
-        else:
-            self.partition_state = None
         self.source = self._build_source(registry)
         self.loop = IngestLoop(
             self.source,
@@ -368,14 +373,6 @@ class Service:
             "store_writable": self.store.writable(),
             "ingest_running": self._thread.is_alive(),
         }
-
-    def _owns_site(self, site: str) -> bool:
-        """On NATS: whether this worker holds the site's partition now."""
-        state = self.partition_state
-        source = getattr(self, "source", None)
-        if state is None or source is None:
-            return False
-        return state.partition_of_site[site] in set(source.held)
 
     def _nats_ready(self) -> dict[str, bool]:
         # Without its consumers NATS PUBACKs a device's message and keeps it for no one.
