@@ -76,10 +76,7 @@ class NatsNode(ServerProcess):
         self.node_name = name
         self.subjects = subjects
         self.replicas = replicas
-        self.port = free_port()
-        self.cluster_port = free_port()
-        self.mqtt_port = free_port()
-        self.http_port = free_port()
+        self.port = self.cluster_port = self.mqtt_port = self.http_port = 0
         self.routes: list[int] = []
         self.config_path = workdir / "nats.conf"
 
@@ -142,6 +139,19 @@ class NatsCluster(StartStop):
             NatsNode(workdir / f"n{i}", f"n{i}", subjects, replicas=min(3, size), extra=extra)
             for i in range(1, size + 1)
         ]
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        """Four ports per node, all different: a port free a moment ago can be handed out
+        twice, and a node that finds its port taken exits."""
+        ports: list[int] = []
+        while len(ports) < 4 * len(self.nodes):
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        it = iter(ports)
+        for n in self.nodes:
+            n.port, n.cluster_port, n.mqtt_port, n.http_port = (next(it) for _ in range(4))
         routes = [n.cluster_port for n in self.nodes]
         for n in self.nodes:
             n.routes = routes
@@ -151,9 +161,23 @@ class NatsCluster(StartStop):
         return [n.url for n in self.nodes]
 
     def start(self) -> None:
-        for n in self.nodes:
-            n.start()
-        self.wait_healthy()
+        # Another process may take a port between its choice and the node's bind: then
+        # every node gets new ports and the cluster starts again.
+        for attempt in range(3):
+            try:
+                for n in self.nodes:
+                    n.start()
+                self.wait_healthy()
+            except RuntimeError:
+                for n in self.nodes:
+                    n.kill()
+                if attempt == 2:
+                    raise
+                for n in self.nodes:
+                    shutil.rmtree(n.workdir / "jetstream", ignore_errors=True)
+                self._pick_ports()
+            else:
+                return
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every running node says JetStream is current (``/healthz``)."""
