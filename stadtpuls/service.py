@@ -131,6 +131,9 @@ class _PartitionState:
         )
         self.partition_of_series = part
         self.partition_of_site = {site: subjects.partition_of(site) for site in registry.sites}
+        self.sites_of: dict[int, set[str]] = {}
+        for site, p in self.partition_of_site.items():
+            self.sites_of.setdefault(p, set()).add(site)
         self.rows = {p: np.flatnonzero(part == p) for p in np.unique(part).tolist()}
         self._saved: dict[int, float] = {}
         self.source: JetStreamSource | None = None
@@ -141,7 +144,7 @@ class _PartitionState:
         return self.source is not None and self.partition_of_site[site] in set(self.source.held)
 
     def sites(self, partition: int) -> set[str]:
-        return {site for site, p in self.partition_of_site.items() if p == partition}
+        return self.sites_of.get(partition, set())
 
     def gained(self, partition: int, checkpoint: dict[str, bytes]) -> None:
         if "anomaly" in checkpoint:
