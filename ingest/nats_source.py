@@ -671,26 +671,39 @@ class JetStreamSource:
         self.metrics.pending_messages.set(self._pending)
         return out
 
+    def in_progress(self, messages: Sequence[InboundMessage]) -> None:
+        """Restart the ack wait of ``messages``: they are committed and waiting for the
+        database (``ingest.storedacks``), and must not be delivered again meanwhile."""
+        self._reply(messages, b"+WPI", settled=False)
+
+    def nak(self, messages: Sequence[InboundMessage]) -> None:
+        """Hand ``messages`` back to the stream for delivery at once."""
+        self._reply(messages, b"-NAK", settled=True)
+
     def ack(self, messages: Sequence[InboundMessage]) -> None:
+        self._reply(messages, b"+ACK", settled=True)
+
+    def _reply(self, messages: Sequence[InboundMessage], body: bytes, settled: bool) -> None:
         replies = []
         for m in messages:
             assert isinstance(m.token, _Token)
             replies.append(m.token.reply)
-        with self._pending_lock:
-            self._pending -= len(replies)
+        if settled:
+            with self._pending_lock:
+                self._pending -= len(replies)
         if self._loop.is_closed():
             return  # stopped: the unacknowledged messages go to the next holder
-        fut = asyncio.run_coroutine_threadsafe(self._ack(replies), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(self._send(replies, body), self._loop)
         # Waited for, so a worker that stops after a commit has acknowledged it.
         with contextlib.suppress(Exception):
             fut.result(timeout=10)
 
-    async def _ack(self, replies: list[str]) -> None:
+    async def _send(self, replies: list[str], body: bytes) -> None:
         nc = self._nc
         if nc is None:
             return
         for reply in replies:
-            await nc.publish(reply, b"+ACK")
+            await nc.publish(reply, body)
         await nc.flush(timeout=5)
 
     def checkpoint(self, partition: int, part: str, data: bytes) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,7 @@ from ingest.batch import ReadingBatch
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, MessageSource, Pipeline
 from ingest.secrets import plain_settings
+from ingest.storedacks import AckWhenStored
 from ingest.stores.base import ReadingSource, Store, WriteStats
 from ingest.stores.flux import FluxSource
 from ingest.stores.influx import InfluxSettings, InfluxStore
@@ -44,6 +46,10 @@ from stadtpuls.web import HttpServer, build_app
 from stadtpuls.workers import worker_share
 
 log = logging.getLogger(__name__)
+
+# How long a stopping NATS worker waits for InfluxDB to take what it committed before it
+# hands the rest back to the stream for the partitions' next holders.
+_HELD_ACKS_GRACE = timedelta(seconds=5)
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -282,8 +288,18 @@ class Service:
         if self.partition_state is not None:
             self.pipeline.listeners.append(self.partition_state)
         self.source = self._build_source(registry)
+        self.held_acks: AckWhenStored | None = None
+        loop_source: MessageSource = self.source
+        if settings.source == "nats" and isinstance(self.store, InfluxStore):
+            from ingest.nats_source import JetStreamSource
+
+            assert isinstance(self.source, JetStreamSource)
+            # The stream is the replicated journal: a message is acknowledged once InfluxDB
+            # has its readings, not when the worker's own disk has them.
+            self.held_acks = AckWhenStored(self.source, self.store, settings.nats.ack_wait)
+            loop_source = self.held_acks
         self.loop = IngestLoop(
-            self.source,
+            loop_source,
             self.pipeline,
             BatchSettings(
                 settings.batch.max_messages, settings.batch.max_wait, settings.batch.max_bytes
@@ -432,6 +448,8 @@ class Service:
         gc.freeze()
         self.http.start()
         self.source.start()
+        if self.held_acks is not None:
+            self.held_acks.start()
         self._thread.start()
         if self.alerting is not None:
             self.alerting.start()
@@ -448,6 +466,8 @@ class Service:
         self._thread.join(timeout=30)
         # Saved once the loop has stopped, so no batch changes it meanwhile.
         self.detectors.save(self.anomaly_state_path)
+        if self.held_acks is not None:
+            self.held_acks.stop(_HELD_ACKS_GRACE)
         self.source.stop()
         if self.alerting is not None:
             self.alerting.stop()

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -154,6 +154,12 @@ class InfluxStore(LocallyCommitting):
         self._depth_lock = threading.Lock()
         (count,) = self._reader.execute("SELECT count(*) FROM journal").fetchone()
         self._depth = int(count)
+        # Rows appended to and removed from the journal by this process, the rows found at
+        # start counting as appended: the drain is in id order, so a commit's rows are in
+        # InfluxDB once ``removed`` reaches what ``appended`` was right after that commit.
+        self._appended = int(count)
+        self._removed = 0
+        self._drain_listeners: list[Callable[[int], None]] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,7 +193,17 @@ class InfluxStore(LocallyCommitting):
 
     # -- the durable commit (``LocallyCommitting.commit``) ---------------------------------
 
+    @property
+    def appended(self) -> int:
+        return self._appended
+
+    def on_drained(self, listener: Callable[[int], None]) -> None:
+        """Have ``listener(removed)`` called on the drain's thread after each removal."""
+        self._drain_listeners.append(listener)
+
     def committed(self, readings: int) -> None:
+        # Commits come from one thread, and only that thread adds to ``_appended``.
+        self._appended += readings
         if readings:
             self._change_depth(readings)
             self._wake.set()
@@ -331,6 +347,9 @@ class InfluxStore(LocallyCommitting):
             deleted = cur.rowcount
             self.db.add_rejections(cur, rejected)
         self._change_depth(-deleted)
+        self._removed += deleted
+        for listener in self._drain_listeners:
+            listener(self._removed)
 
     def _write(self, write_api: WriteApi, lines: Sequence[_Line]) -> _Refusal | None:
         """Write until InfluxDB accepts (``None``) or refuses the data (``_Refusal``)."""

@@ -194,6 +194,26 @@ def held(w: ServiceProcess) -> set[int]:
     }
 
 
+def consumer_totals(cluster: NatsCluster) -> dict[str, int]:
+    """Messages waiting for an acknowledgement, and delivered more than once, summed over
+    the partition consumers, as the cluster counts them."""
+
+    async def infos() -> dict[str, int]:
+        nc = await nats_client.connect(servers=cluster.servers)
+        try:
+            out = {"ack_pending": 0, "redelivered": 0}
+            for p in range(PARTITIONS):
+                name = NatsSubjects("stadtpuls", PARTITIONS).consumer(p)
+                c = await api(nc, f"CONSUMER.INFO.{MQTT_STREAM}.{name}")
+                out["ack_pending"] += int(c.get("num_ack_pending", 0))
+                out["redelivered"] += int(c.get("num_redelivered", 0))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(infos())
+
+
 def used_partitions() -> set[int]:
     subjects = NatsSubjects("stadtpuls", PARTITIONS)
     return {subjects.partition_of(site) for site in SITES}
@@ -422,3 +442,33 @@ def test_a_worker_that_stops_hands_its_partitions_over_at_once(
     expected = set().union(*(p.acked() for p in pubs))
     assert_exactly(all_stored(victoria, [staying], expected), expected)
     assert took_s < PRIORITY_TIMEOUT_S + 1.0, f"took {took_s:.1f} s"
+
+
+def test_a_database_outage_holds_the_acknowledgements_and_the_stream_keeps_the_readings(
+    tmp_path: Path,
+    cluster: NatsCluster,
+    processes: Processes,
+    service_factory: ServiceFactory,
+    registry_file: Path,
+) -> None:
+    """On NATS the replicated stream is the journal: a message is acknowledged only once
+    InfluxDB has its readings, so a worker's disk never holds the only copy. While the
+    database is down for longer than the ack wait, the worker keeps its messages in
+    progress, so none is delivered again; all are stored once it is back."""
+    vm = processes.victoria("vm-outage")
+    (w,) = run_workers(service_factory, cluster, registry_file, vm, 1)
+    pubs = publish(tmp_path, cluster.nodes[:1], 4_000, 1_000.0)
+    wait_until(
+        lambda: w.metric("stadtpuls_influx_points_written_total") > 300, 30, "the first points"
+    )
+    vm.stop()
+    wait_until(lambda: w.metric("stadtpuls_journal_depth") > 1_000, 30, "commits while down")
+    time.sleep(ACK_WAIT_S + 2.0)  # the outage itself: longer than the ack wait
+    during = consumer_totals(cluster)
+    assert during["ack_pending"] >= w.metric("stadtpuls_journal_depth") > 1_000
+    assert during["redelivered"] == 0
+    vm.start()
+    expected = pubs[0].acked()
+    assert_exactly(all_stored(vm, [w], expected), expected)
+    wait_until(lambda: consumer_totals(cluster)["ack_pending"] == 0, 30, "every ack")
+    assert consumer_totals(cluster)["redelivered"] == 0
