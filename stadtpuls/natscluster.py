@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -208,11 +209,15 @@ class NatsCluster(StartStop):
         return next(n for n in self.nodes if n.node_name == name)
 
     def stop(self) -> None:
-        errors = []
-        for n in self.nodes:
+        # All at once: one by one, each node's shutdown waits on the others it still sees.
+        def stop(n: NatsNode) -> RuntimeError | None:
             try:
                 n.stop()
             except RuntimeError as exc:
-                errors.append(exc)
+                return exc
+            return None
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            errors = [e for e in pool.map(stop, self.nodes) if e is not None]
         if errors:
             raise errors[0]
