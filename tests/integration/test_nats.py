@@ -60,6 +60,7 @@ def worker(
     name: str,
     victoria: VictoriaMetrics | None,
     alerts: bool = False,
+    ack_wait_s: float = ACK_WAIT_S,
 ) -> ServiceProcess:
     store: dict[str, object] = {}
     if victoria is not None:
@@ -79,7 +80,7 @@ def worker(
             "servers": cluster.servers,
             "partitions": PARTITIONS,
             "priority_timeout": f"{PRIORITY_TIMEOUT_S}s",
-            "ack_wait": f"{ACK_WAIT_S}s",
+            "ack_wait": f"{ack_wait_s}s",
         },
         alerts={"enabled": alerts},
         **store,
@@ -113,9 +114,13 @@ def run_workers(
     victoria: VictoriaMetrics,
     count: int,
     alerts: bool = False,
+    ack_wait_s: float = ACK_WAIT_S,
 ) -> list[ServiceProcess]:
     """``count`` workers with the InfluxDB store, started side by side after the setup."""
-    procs = [worker(factory, cluster, registry, f"w{i}", victoria, alerts) for i in range(count)]
+    procs = [
+        worker(factory, cluster, registry, f"w{i}", victoria, alerts, ack_wait_s)
+        for i in range(count)
+    ]
     setup_nats(procs[0])
     with ThreadPoolExecutor(count) as pool:
         list(pool.map(ServiceProcess.start, procs))
@@ -456,14 +461,15 @@ def test_a_database_outage_holds_the_acknowledgements_and_the_stream_keeps_the_r
     database is down for longer than the ack wait, the worker keeps its messages in
     progress, so none is delivered again; all are stored once it is back."""
     vm = processes.victoria("vm-outage")
-    (w,) = run_workers(service_factory, cluster, registry_file, vm, 1)
-    pubs = publish(tmp_path, cluster.nodes[:1], 4_000, 1_000.0)
+    ack_wait_s = 2.0  # short, so that an outage longer than it is short too
+    (w,) = run_workers(service_factory, cluster, registry_file, vm, 1, ack_wait_s=ack_wait_s)
+    pubs = publish(tmp_path, cluster.nodes[:1], 3_000, 1_000.0)
     wait_until(
         lambda: w.metric("stadtpuls_influx_points_written_total") > 300, 30, "the first points"
     )
     vm.stop()
     wait_until(lambda: w.metric("stadtpuls_journal_depth") > 1_000, 30, "commits while down")
-    time.sleep(ACK_WAIT_S + 2.0)  # the outage itself: longer than the ack wait
+    time.sleep(2 * ack_wait_s)  # the outage itself: twice the ack wait
     during = consumer_totals(cluster)
     assert during["ack_pending"] >= w.metric("stadtpuls_journal_depth") > 1_000
     assert during["redelivered"] == 0
