@@ -377,6 +377,7 @@ SCENARIOS = [
     Scenario("bare-block-mqtt3.1.1", "bare", 4, "block", blocks=True),
     Scenario("stadtpuls-sqlite-block", "sqlite", 5, "block", blocks=True),
     Scenario("stadtpuls-sqlite-block-mqtt3.1.1", "sqlite", 4, "block", blocks=True),
+    Scenario("stadtpuls-influx(vm)-block", "influx", 5, "block", blocks=True),
 ]
 
 

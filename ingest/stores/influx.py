@@ -10,6 +10,11 @@ acknowledgements, and that nothing is lost while it is away. So the store splits
   synchronous request, and deletes the rows only after InfluxDB accepted them. A crash
   between the write and the delete sends the chunk again, which overwrites the same points
   (measurement, tags and timestamp are the reading key), so each reading is stored once.
+- SQLite builds a chunk's lines itself and hands back one string (``_CHUNK``): built in
+  Python, a line cost about 1.5 µs of the GIL, which the decoder and paho's thread then
+  waited for; in SQLite the work runs beside them. The next chunk is read while the one
+  before is being written (a second thread does the writing, in order), so the database's
+  time to take a chunk and the time to build the next one overlap.
 
 How a failed write is handled:
 
@@ -37,10 +42,14 @@ Reads (``readings``, for exports and the alert digest) go to InfluxDB through Fl
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -56,7 +65,7 @@ from ingest.batch import Rejection
 from ingest.retry import Backoff, parse_retry_after
 from ingest.stores.base import ReadingQuery, StoredReading, WriteStats
 from ingest.stores.flux import FluxSource
-from ingest.stores.lineprotocol import reading_line, reading_prefix
+from ingest.stores.lineprotocol import reading_prefix
 from ingest.stores.local import LocalDatabase, LocallyCommitting, SqliteSettings
 
 logger = logging.getLogger(__name__)
@@ -78,6 +87,32 @@ CREATE TABLE IF NOT EXISTS influx_series (
     prefix TEXT NOT NULL
 );
 """
+
+# A journal row's line, as ``lineprotocol.reading_line`` builds it but for the floats:
+# ``repr`` prints the shortest digits that read back as the same double; SQLite's printf
+# is not correctly rounded at 17 digits (1 in 40 doubles of extreme magnitude came back
+# different), at 18 every double of a wide sample did (``tests/integration/
+# test_influx_store.py``). A row without a prefix gives NULL.
+_LINE_SQL = (
+    "s.prefix || ' value=' || printf('%!.18g', j.value) || ',anomaly=' || j.anomaly "
+    "|| 'i,score=' || printf('%!.18g', j.score) || ' ' || j.ts_ns"
+)
+_ROWS_AFTER = (
+    "FROM journal j LEFT JOIN influx_series s ON s.series_id = j.series_id "
+    "WHERE j.id > ? ORDER BY j.id LIMIT ?"
+)
+# The oldest rows after an id as one body: first and last id, rows, lines, body. SQLite
+# (3.40 here) has no ORDER BY inside group_concat; it concatenates in the order the
+# subquery yields, which is id order.
+_CHUNK = (
+    "SELECT min(id), max(id), count(*), count(line), group_concat(line, char(10)) FROM "
+    f"(SELECT j.id AS id, {_LINE_SQL} AS line {_ROWS_AFTER})"
+)
+# The same rows one line each, to split a chunk the database refused.
+_LINES = f"SELECT j.id, s.measurement, {_LINE_SQL} {_ROWS_AFTER}"
+
+# Requests under way at once: the database parses one chunk while it takes another.
+_WRITERS = 2
 
 _INSERT = "INSERT INTO journal (series_id, ts_ns, value, anomaly, score) VALUES (?, ?, ?, ?, ?)"
 
@@ -132,6 +167,14 @@ class _Line:
 
 
 @dataclass(frozen=True, slots=True)
+class _Chunk:
+    first_id: int
+    last_id: int
+    rows: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Refusal:
     status: int
     message: str
@@ -149,7 +192,7 @@ class InfluxStore(LocallyCommitting):
         super().__init__(LocalDatabase(local, series, _JOURNAL), _INSERT)
         self.stats = WriteStats()  # the drain thread's counters
         self._flux = FluxSource(settings, series)
-        self._series = self._register_prefixes(series)
+        self._register_prefixes(series)
         self._reader = self.db.connect()
         self._depth_lock = threading.Lock()
         (count,) = self._reader.execute("SELECT count(*) FROM journal").fetchone()
@@ -164,7 +207,7 @@ class InfluxStore(LocallyCommitting):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _register_prefixes(self, series: Sequence[Series]) -> dict[int, tuple[str, str]]:
+    def _register_prefixes(self, series: Sequence[Series]) -> None:
         rows = [
             (
                 sid,
@@ -184,12 +227,6 @@ class InfluxStore(LocallyCommitting):
                 "measurement = excluded.measurement, prefix = excluded.prefix",
                 rows,
             )
-            return {
-                sid: (meas, prefix)
-                for sid, meas, prefix in cur.execute(
-                    "SELECT series_id, measurement, prefix FROM influx_series"
-                )
-            }
 
     # -- the durable commit (``LocallyCommitting.commit``) ---------------------------------
 
@@ -198,7 +235,7 @@ class InfluxStore(LocallyCommitting):
         return self._appended
 
     def on_drained(self, listener: Callable[[int], None]) -> None:
-        """Have ``listener(removed)`` called on the drain's thread after each removal."""
+        """Have ``listener(removed)`` called after each removal (on the drain's writer)."""
         self._drain_listeners.append(listener)
 
     def committed(self, readings: int) -> None:
@@ -261,58 +298,112 @@ class InfluxStore(LocallyCommitting):
 
     def _drain_loop(self, client: InfluxDBClient) -> None:
         # The thread owns its client: when it ends, the client is closed and released while
-        # the interpreter is whole, not by its __del__ at interpreter exit.
-        write_api = client.write_api(write_options=SYNCHRONOUS)
+        # the interpreter is whole, not by its __del__ at interpreter exit. One write API per
+        # writer, so no two requests share one.
+        apis: queue.SimpleQueue[WriteApi] = queue.SimpleQueue()
+        for _ in range(_WRITERS):
+            apis.put(client.write_api(write_options=SYNCHRONOUS))
         try:
-            self._drain_until_stopped(write_api)
+            self._drain_until_stopped(apis)
         finally:
-            # influxdb-client leaves these two unannotated.
-            write_api.close()  # type: ignore[no-untyped-call]
+            while not apis.empty():
+                # influxdb-client leaves these two unannotated.
+                apis.get().close()  # type: ignore[no-untyped-call]
             client.close()  # type: ignore[no-untyped-call]
 
-    def _drain_until_stopped(self, write_api: WriteApi) -> None:
+    def _drain_until_stopped(self, apis: queue.SimpleQueue[WriteApi]) -> None:
         failures = 0
-        while not self._stopping.is_set():
-            try:
-                drained = self._drain_chunk(write_api)
-            except _Stopping:
-                return
-            # The drain's one catch-all: a dead thread would let the journal grow unnoticed,
-            # while the rows are safe where they are, so log it, back off and try again.
-            except Exception as exc:
-                failures += 1
-                self.stats.last_write_error = f"{type(exc).__name__}: {exc}"
-                logger.exception("influx drain failed; retrying", extra={"failures": failures})
-                self._stopping.wait(self.settings.retry.delay(failures).total_seconds())
-                continue
-            failures = 0
-            if not drained:
-                self._wake.wait(self.settings.poll_interval.total_seconds())
-                self._wake.clear()
+        # Chunks being written, oldest first. Up to ``_WRITERS`` requests are under way at
+        # once, so the database takes one chunk while it takes another; they are settled
+        # (deleted from the journal) in id order all the same, as ``removed`` counts rows
+        # in journal order.
+        writing: deque[tuple[_Chunk, Future[bool]]] = deque()
+        with ThreadPoolExecutor(_WRITERS, thread_name_prefix="influx-write") as writers:
+            while not self._stopping.is_set():
+                chunk = None
+                try:
+                    if len(writing) < _WRITERS:
+                        # Rows after those being written, which are still in the journal, so
+                        # every row added since has a larger id.
+                        chunk = self._read_chunk(writing[-1][0].last_id if writing else 0)
+                        if chunk is not None:
+                            writing.append((chunk, writers.submit(self._send, apis, chunk)))
+                    if writing and (chunk is None or len(writing) >= _WRITERS):
+                        oldest, done = writing[0]
+                        if done.result():
+                            self._settle(oldest.first_id, oldest.last_id, [])
+                            self.stats.points_written += oldest.rows
+                        else:
+                            self._split(apis, oldest)
+                        writing.popleft()
+                except _Stopping:
+                    return
+                # The drain's one catch-all: a dead thread would let the journal grow
+                # unnoticed, while the rows are safe where they are, so log it, back off and
+                # start again from the oldest row.
+                except Exception as exc:
+                    for _, later in writing:
+                        with contextlib.suppress(Exception):
+                            later.result()
+                    writing.clear()
+                    failures += 1
+                    self.stats.last_write_error = f"{type(exc).__name__}: {exc}"
+                    logger.exception("influx drain failed; retrying", extra={"failures": failures})
+                    self._stopping.wait(self.settings.retry.delay(failures).total_seconds())
+                    continue
+                failures = 0
+                if chunk is None and not writing:
+                    self._wake.wait(self.settings.poll_interval.total_seconds())
+                    self._wake.clear()
 
-    def _drain_chunk(self, write_api: WriteApi) -> int:
-        """Send the oldest ``chunk_size`` journal rows; return how many there were."""
-        rows = self._reader.execute(
-            "SELECT id, series_id, ts_ns, value, anomaly, score FROM journal ORDER BY id LIMIT ?",
-            (self.settings.chunk_size,),
-        ).fetchall()
-        lines = [self._line(row) for row in rows]
-        if lines:
-            self._write_or_split(write_api, lines)
-        return len(lines)
+    def _read_chunk(self, after_id: int) -> _Chunk | None:
+        """The oldest ``chunk_size`` journal rows after ``after_id``, as one body."""
+        first, last, rows, lines, body = self._reader.execute(
+            _CHUNK, (after_id, self.settings.chunk_size)
+        ).fetchone()
+        if not rows:
+            return None
+        if lines != rows:
+            raise RuntimeError("journal rows of a series without a line prefix")
+        return _Chunk(int(first), int(last), int(rows), str(body))
 
-    def _line(self, row: tuple[int, int, int, float, int, float]) -> _Line:
-        journal_id, series_id, ts_ns, value, anomaly, score = row
-        measurement, prefix = self._series[series_id]
-        return _Line(journal_id, measurement, reading_line(prefix, ts_ns, value, anomaly, score))
+    def _send(self, apis: queue.SimpleQueue[WriteApi], chunk: _Chunk) -> bool:
+        """Write a chunk whole: ``True`` once the database took it, ``False`` if it refused
+        it (``_split`` then finds the bad lines, in order with the other chunks)."""
+        write_api = apis.get()
+        try:
+            if self._stopping.is_set():
+                raise _Stopping
+            return self._write(write_api, chunk.body, chunk.rows) is None
+        finally:
+            apis.put(write_api)
+
+    def _split(self, apis: queue.SimpleQueue[WriteApi], chunk: _Chunk) -> None:
+        """Write a refused chunk by halves, quarantining the lines refused on their own."""
+        # A connection of its own: the drain's reader may be in the middle of a read.
+        conn = self.db.connect()
+        try:
+            lines = [
+                _Line(int(i), str(measurement), str(text))
+                for i, measurement, text in conn.execute(_LINES, (chunk.first_id - 1, chunk.rows))
+            ]
+        finally:
+            conn.close()
+        write_api = apis.get()
+        try:
+            half = len(lines) // 2
+            for part in [lines] if half == 0 else [lines[:half], lines[half:]]:
+                self._write_or_split(write_api, part)
+        finally:
+            apis.put(write_api)
 
     def _write_or_split(self, write_api: WriteApi, lines: list[_Line]) -> None:
         if self._stopping.is_set():
             raise _Stopping
-        refusal = self._write(write_api, lines)
+        refusal = self._write(write_api, "\n".join(line.text for line in lines), len(lines))
         if refusal is None:
             self.stats.points_written += len(lines)
-            self._settle(lines, [])
+            self._settle(lines[0].journal_id, lines[-1].journal_id, [])
         elif len(lines) == 1:
             (line,) = lines
             logger.warning(
@@ -326,24 +417,21 @@ class InfluxStore(LocallyCommitting):
                 detail=f"{refusal.status} {refusal.message}",
                 received_ns=time.time_ns(),
             )
-            self._settle(lines, [rejection])
+            self._settle(line.journal_id, line.journal_id, [rejection])
             self.stats.points_quarantined += 1
         else:
             half = len(lines) // 2
             self._write_or_split(write_api, lines[:half])
             self._write_or_split(write_api, lines[half:])
 
-    def _settle(self, lines: Sequence[_Line], rejected: Sequence[Rejection]) -> None:
+    def _settle(self, first_id: int, last_id: int, rejected: Sequence[Rejection]) -> None:
         """Delete written (or quarantined) rows; a quarantine record and the deletion of
         its row commit together, so a refused point is never both lost and unrecorded."""
-        # The lines are the oldest rows in id order (a chunk, or a half of one), so they
-        # are every row between their first and last id: one statement, not one per row,
-        # which would hand the GIL back and wait for it again at every row.
+        # The rows are the oldest in id order (a chunk, or a part of one), so they are every
+        # row between their first and last id: one statement, not one per row, which would
+        # hand the GIL back and wait for it again at every row.
         with self.db.transaction() as cur:
-            cur.execute(
-                "DELETE FROM journal WHERE id BETWEEN ? AND ?",
-                (lines[0].journal_id, lines[-1].journal_id),
-            )
+            cur.execute("DELETE FROM journal WHERE id BETWEEN ? AND ?", (first_id, last_id))
             deleted = cur.rowcount
             self.db.add_rejections(cur, rejected)
         self._change_depth(-deleted)
@@ -351,9 +439,8 @@ class InfluxStore(LocallyCommitting):
         for listener in self._drain_listeners:
             listener(self._removed)
 
-    def _write(self, write_api: WriteApi, lines: Sequence[_Line]) -> _Refusal | None:
+    def _write(self, write_api: WriteApi, body: str, points: int) -> _Refusal | None:
         """Write until InfluxDB accepts (``None``) or refuses the data (``_Refusal``)."""
-        body = "\n".join(line.text for line in lines)
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -388,7 +475,7 @@ class InfluxStore(LocallyCommitting):
             logger.warning(
                 "InfluxDB write failed; retrying in %.1f s",
                 wait,
-                extra={"error": error, "attempt": attempt, "points": len(lines)},
+                extra={"error": error, "attempt": attempt, "points": points},
             )
             if self._stopping.wait(wait):
                 raise _Stopping
