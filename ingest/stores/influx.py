@@ -235,7 +235,7 @@ class InfluxStore(LocallyCommitting):
         return self._appended
 
     def on_drained(self, listener: Callable[[int], None]) -> None:
-        """Have ``listener(removed)`` called after each removal (on the drain's writer)."""
+        """Have ``listener(removed)`` called on the drain's thread after each removal."""
         self._drain_listeners.append(listener)
 
     def committed(self, readings: int) -> None:
