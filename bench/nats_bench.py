@@ -121,7 +121,7 @@ def run_once(root: Path, setup: Setup, round_no: int, count: int) -> tuple[Resul
     registry = parse_registry(registry_yaml())
     base_s = int(time.time()) - 3600 + 0.0005
     expected, tail = expected_keys("sites", count, base_s)
-    sc = Scenario(setup.name, "workers", 4, "sites")
+    sc = Scenario(setup.name, "sqlite", 4, "sites", workers=setup.workers)
     with brokers(workdir, setup) as (port, broker_pids, servers):
         procs: list[Stadtpuls] = []
         dbs: list[Path] = []

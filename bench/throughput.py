@@ -354,10 +354,11 @@ class Victoria:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # bare, sqlite, influx, workers
+    kind: str  # bare, sqlite, influx
     protocol: int
     mode: str
     blocks: bool = False
+    workers: int = 1  # worker processes (``worker.index``/``count``), SQLite each
 
     @property
     def bare_peer(self) -> str:
@@ -372,7 +373,12 @@ SCENARIOS = [
     Scenario("stadtpuls-sqlite-mqtt5", "sqlite", 5, "single"),
     Scenario("stadtpuls-sqlite-mqtt3.1.1", "sqlite", 4, "single"),
     Scenario("stadtpuls-influx(vm)-mqtt5", "influx", 5, "single"),
-    Scenario("stadtpuls-2workers-sqlite-mqtt5", "workers", 5, "sites"),
+    # The same 300-bridge stream through one worker and through two: the worker ratio is
+    # taken between these, in the same round.
+    Scenario("stadtpuls-1worker-sqlite-mqtt5-sites", "sqlite", 5, "sites"),
+    Scenario("stadtpuls-2workers-sqlite-mqtt5", "sqlite", 5, "sites", workers=2),
+    Scenario("stadtpuls-1worker-sqlite-mqtt3.1.1-sites", "sqlite", 4, "sites"),
+    Scenario("stadtpuls-2workers-sqlite-mqtt3.1.1", "sqlite", 4, "sites", workers=2),
     Scenario("bare-block", "bare", 5, "block", blocks=True),
     Scenario("bare-block-mqtt3.1.1", "bare", 4, "block", blocks=True),
     Scenario("stadtpuls-sqlite-block", "sqlite", 5, "block", blocks=True),
@@ -543,10 +549,10 @@ def run_stadtpuls(
     # bench.publish: a block is 100 samples at 100 Hz; single readings give each of the
     # 100 series one every 0.1 s of device time.
     interval = "10ms" if sc.mode == "block" else "100ms"
-    registry_text = sites_registry_yaml() if sc.kind == "workers" else bench_registry_yaml(interval)
+    registry_text = sites_registry_yaml() if sc.mode == "sites" else bench_registry_yaml(interval)
     config = stadtpuls_config(workdir, port, sc, vm.vm.url if vm else None, registry_text)
     registry = parse_registry(registry_text)
-    workers = [(i, 2) for i in range(2)] if sc.kind == "workers" else [None]
+    workers = [(i, sc.workers) for i in range(sc.workers)] if sc.workers > 1 else [None]
     procs: list[Stadtpuls] = []
     for w in workers:
         overrides: dict[str, Any] = {}
@@ -558,8 +564,8 @@ def run_stadtpuls(
         procs.append(Stadtpuls(workdir, config, w))
     data = workdir / "data"
     db_paths = (
-        [data / f"worker-{i}" / "stadtpuls.db" for i in range(2)]
-        if sc.kind == "workers"
+        [data / f"worker-{i}" / "stadtpuls.db" for i in range(sc.workers)]
+        if sc.workers > 1
         else [data / "stadtpuls.db"]
     )
     reader = SqliteReader(db_paths)
@@ -690,6 +696,12 @@ def summarise(results: list[Result]) -> list[dict[str, Any]]:
             if (sc.bare_peer, r.round) in by_round
         ]
         shares = [r.check_cpu_share for r in runs if r.check_cpu_share is not None]
+        one = _one_worker_peer(sc)
+        per_worker = [
+            r.rate / by_round[(one, r.round)].rate
+            for r in runs
+            if one is not None and (one, r.round) in by_round
+        ]
         rows.append(
             {
                 "scenario": sc.name,
@@ -706,9 +718,24 @@ def summarise(results: list[Result]) -> list[dict[str, Any]]:
                 "unexpected": sum(r.unexpected for r in runs),
                 "duplicated": sum(r.duplicated for r in runs),
                 "check_cpu_share": statistics.median(shares) if shares else None,
+                "ratio_to_one_worker": statistics.median(per_worker) if per_worker else None,
             }
         )
     return rows
+
+
+def _one_worker_peer(sc: Scenario) -> str | None:
+    """The one-worker scenario of the same stream, for a scenario with several workers."""
+    if sc.workers == 1:
+        return None
+    return next(
+        (
+            o.name
+            for o in SCENARIOS
+            if o.workers == 1 and (o.kind, o.protocol, o.mode) == (sc.kind, sc.protocol, sc.mode)
+        ),
+        None,
+    )
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -726,6 +753,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['unit']:10} {ratio:>6} {r['cpu_s_per_100k']:10.2f} {r['peak_rss_mb']:7.0f} "
             f"{r['lost']:5d} {r['duplicated']:5d} {share:>6}"
         )
+    for r in rows:
+        if r["ratio_to_one_worker"] is not None:
+            print(
+                f"{r['scenario']}: {r['ratio_to_one_worker']:.2f} x one worker on the same "
+                "stream (median of the rounds' ratios)"
+            )
 
 
 @contextlib.contextmanager
