@@ -45,7 +45,7 @@ class Alerting:
         self.config = cfg
         self.store = AlertStore(settings.alerts_db_path)
         broker = plain_settings(ServiceBroker, settings.mqtt)
-        context = ChannelContext(settings.topic_prefix, broker)
+        context = ChannelContext(settings.topic_prefix, broker, settings.mqtt.protocol)
         channels = [c.build(context) for c in cfg.channels]
         self.dispatcher = Dispatcher(channels, self.store.record_delivery)
         router = SeverityRouter(self.dispatcher, {c.name: c.min_severity for c in cfg.channels})

@@ -8,7 +8,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, Self, TypeVar, get_args
+from typing import ClassVar, Literal, Protocol, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -53,6 +53,9 @@ class ChannelContext:
 
     topic_prefix: str
     broker: ServiceBroker
+    # The service's MQTT version: a channel on its broker speaks it too (NATS' MQTT
+    # listener knows no MQTT 5).
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
 
 
 class ChannelSettings(BaseModel, ABC):

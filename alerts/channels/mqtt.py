@@ -176,6 +176,8 @@ class MqttChannelModel(ChannelSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     timeout: Duration = timedelta(seconds=5)
+    # Unset: the service's own ``mqtt.protocol`` on its broker, MQTT 5 on another host.
+    protocol: Literal["5", "3.1.1"] | None = None
 
     secret_keys = ("password",)
 
@@ -195,6 +197,7 @@ class MqttChannelModel(ChannelSettings):
                 tls_key=path_str(self.tls_key) or broker.tls_key,
                 timeout=self.timeout,
                 topic_prefix=context.topic_prefix,
+                protocol=self.protocol or context.mqtt_protocol,
             )
         else:
             settings = plain_settings(
@@ -203,5 +206,6 @@ class MqttChannelModel(ChannelSettings):
                 host=self.host,
                 port=self.port or 1883,
                 topic_prefix=context.topic_prefix,
+                protocol=self.protocol or "5",
             )
         return MqttChannel(self.name, settings)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as email_policy
@@ -25,11 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts.channels.webhook import verify_signature
 from devices.publisher import publish
@@ -38,6 +36,7 @@ from devices.simulator import FaultSpec, SimMessage, Simulator
 from devices.topics import TopicScheme
 from devices.vocabulary import SiteKind
 from stadtpuls.broker import MosquittoBroker, free_port
+from tests.support.alerting import MqttListener, Received
 from tests.support.alertmanager import Alertmanager
 from tests.support.processes import Processes
 from tests.support.service import ServiceProcess
@@ -47,36 +46,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = "e2e-webhook-signing-key-7f3a"
 NS = 1_000_000_000
-
-
-@dataclass
-class Received:
-    """What one channel's receiver got: (arrival time, notification JSON)."""
-
-    items: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, body: dict[str, Any]) -> None:
-        with self.lock:
-            self.items.append((time.time(), body))
-
-    def events(self, alert_id: str | None = None) -> list[str]:
-        with self.lock:
-            return [
-                b["event"]
-                for _, b in self.items
-                if "alert" in b and (alert_id is None or b["alert"]["id"] == alert_id)
-            ]
-
-    def sites(self) -> set[str]:
-        with self.lock:
-            return {b["alert"]["site"] for _, b in self.items if "alert" in b}
-
-    def first(self, event: str, alert_id: str) -> float:
-        with self.lock:
-            return min(
-                t for t, b in self.items if b["event"] == event and b["alert"]["id"] == alert_id
-            )
 
 
 class Webhook:
@@ -134,23 +103,6 @@ class Mailbox:
 
     def subjects(self) -> list[str]:
         return [str(m["Subject"]) for m in list(self.messages)]
-
-
-class MqttListener:
-    def __init__(self, port: int) -> None:
-        self.got = Received()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-alert-listener")
-        self.client.on_message = lambda c, u, m: self.got.add(json.loads(m.payload))
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("stadtpuls/alerts/#", qos=1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10), "the alert listener did not subscribe"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @dataclass

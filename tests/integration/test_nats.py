@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats as nats_client
@@ -30,7 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.nats_source import MQTT_STREAM, NatsSubjects, api
 from stadtpuls.natscluster import NatsCluster, NatsNode
-from tests.support.loadgen import reading
+from tests.support.alerting import MqttListener
+from tests.support.loadgen import Reading, payload, reading
 from tests.support.processes import Processes, ServiceFactory
 from tests.support.registry import bridges_yaml
 from tests.support.service import ServiceProcess
@@ -59,7 +61,7 @@ def worker(
     registry: Path,
     name: str,
     victoria: VictoriaMetrics | None,
-    alerts: bool = False,
+    alerts: bool | dict[str, Any] = False,
     ack_wait_s: float = ACK_WAIT_S,
 ) -> ServiceProcess:
     store: dict[str, object] = {}
@@ -81,8 +83,9 @@ def worker(
             "partitions": PARTITIONS,
             "priority_timeout": f"{PRIORITY_TIMEOUT_S}s",
             "ack_wait": f"{ack_wait_s}s",
+            "checkpoint_every": "1s",
         },
-        alerts={"enabled": alerts},
+        alerts=alerts if isinstance(alerts, dict) else {"enabled": alerts},
         **store,
     )
 
@@ -113,7 +116,7 @@ def run_workers(
     registry: Path,
     victoria: VictoriaMetrics,
     count: int,
-    alerts: bool = False,
+    alerts: bool | dict[str, Any] = False,
     ack_wait_s: float = ACK_WAIT_S,
 ) -> list[ServiceProcess]:
     """``count`` workers with the InfluxDB store, started side by side after the setup."""
@@ -478,3 +481,92 @@ def test_a_database_outage_holds_the_acknowledgements_and_the_stream_keeps_the_r
     assert_exactly(all_stored(vm, [w], expected), expected)
     wait_until(lambda: consumer_totals(cluster)["ack_pending"] == 0, 30, "every ack")
     assert consumer_totals(cluster)["redelivered"] == 0
+
+
+def test_an_open_alert_moves_with_its_partition_and_pages_once(
+    cluster: NatsCluster,
+    victoria: VictoriaMetrics,
+    service_factory: ServiceFactory,
+    registry_file: Path,
+) -> None:
+    """The people on call hear of an incident once, whichever worker holds its site: the
+    worker that fired it is SIGKILLed, the other takes the partition with the checkpointed
+    alert, and resolves it with no second firing on the alert channel."""
+    site = SITES[0]
+    rule = {
+        "name": "strain-over", "measurement": "strain", "kind": "bridge", "site": site,
+        "above": 2500.0, "clear": 2000.0, "magnitude": True, "severity": "critical",
+    }  # fmt: skip
+    alerts = {
+        "enabled": True,
+        "thresholds": [rule],
+        "anomaly": {"severity": {}},
+        "silence": {"enabled": False},
+        "digest_at": None,
+        "tick": "500ms",
+        "channels": [{"name": "ops-mqtt", "type": "mqtt"}],
+    }
+    workers = run_workers(service_factory, cluster, registry_file, victoria, 2, alerts=alerts)
+    listener = MqttListener(cluster.nodes[0].mqtt_port, "nats-alert-listener")
+    device = mqtt.Client(CallbackAPIVersion.VERSION2, "nats-e2e-device", protocol=mqtt.MQTTv311)
+    device.connect("127.0.0.1", cluster.nodes[1].mqtt_port)
+    device.loop_start()
+    partition = NatsSubjects("stadtpuls", PARTITIONS).partition_of(site)
+    sent = 0
+
+    def send(value: float, count: int) -> None:
+        """Live readings, timed now: a backlog's notifications would be held back."""
+        nonlocal sent
+        for _ in range(count):
+            r = Reading(sent, time.time_ns(), value)
+            topic = f"stadtpuls/bridge/{site}/sg1"
+            device.publish(topic, payload("sg1", r), qos=1).wait_for_publish(10)
+            sent += 1
+            time.sleep(0.1)  # the device's pace, ten readings a second
+
+    def events() -> list[str]:
+        return [
+            b["event"]
+            for _, b in list(listener.got.items)
+            if b.get("alert", {}).get("site") == site
+        ]
+
+    def checkpointed_firing() -> bool:
+        async def get() -> bytes:
+            nc = await nats_client.connect(servers=cluster.servers)
+            try:
+                kv = await nc.jetstream().key_value("stadtpuls_state")
+                return (await kv.get(f"p{partition}.alerts")).value or b""
+            except Exception:
+                return b""
+            finally:
+                await nc.close()
+
+        return b"firing" in asyncio.run(get())
+
+    try:
+        send(100.0, 3)
+        send(3000.0, 3)
+        wait_until(lambda: events() == ["firing"], 30, "the firing notification")
+        holder = next(w for w in workers if partition in held(w))
+        other = next(w for w in workers if w is not holder)
+        # Readings over the limit go on until the partition's checkpoint holds the alert.
+        deadline = time.monotonic() + 30
+        while not checkpointed_firing():
+            assert time.monotonic() < deadline, "no checkpoint of the firing alert"
+            send(3000.0, 1)
+        holder.kill()
+        # Still over the limit, the same incident: the partition goes to the other worker
+        # with the next messages (a pin is given with a message).
+        deadline = time.monotonic() + 30
+        while partition not in held(other):
+            assert time.monotonic() < deadline, "the other worker did not take the site"
+            send(3000.0, 1)
+        send(3000.0, 3)
+        send(100.0, 3)
+        wait_until(lambda: "resolved" in events(), 30, "the resolved notification")
+        assert events() == ["firing", "resolved"]
+    finally:
+        device.loop_stop()
+        device.disconnect()
+        listener.close()

@@ -4,10 +4,12 @@ name resolved against the settings file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from alerts.channels import ChannelContext, ServiceBroker
+from alerts.channels.mqtt import MqttChannel
 from alerts.channels.webhook import WebhookChannel, WebhookChannelModel
 from stadtpuls.settings import ConfigError, load_settings
 from tests.support.config import ConfigWriter
@@ -61,3 +63,25 @@ def test_channel_names_must_be_unique(config_file: ConfigWriter) -> None:
     )
     with pytest.raises(ConfigError, match="unique"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("entry", "service", "expected"),
+    [
+        ("{name: m, type: mqtt}", "3.1.1", "3.1.1"),  # NATS' MQTT listener has no MQTT 5
+        ("{name: m, type: mqtt}", "5", "5"),
+        ("{name: m, type: mqtt, protocol: '3.1.1'}", "5", "3.1.1"),
+        ("{name: m, type: mqtt, host: ops.example.org}", "3.1.1", "5"),
+    ],
+)
+def test_the_mqtt_channel_speaks_the_service_brokers_version_unless_told(
+    config_file: ConfigWriter, entry: str, service: Literal["5", "3.1.1"], expected: str
+) -> None:
+    settings = load_settings(config_file(f"alerts:\n  channels:\n    - {entry}\n"))
+    context = ChannelContext("stadtpuls", ServiceBroker("127.0.0.1", 1), service)
+    channel = settings.alerts.channels[0].build(context)
+    try:
+        assert isinstance(channel, MqttChannel)
+        assert channel.settings.protocol == expected
+    finally:
+        channel.close()
