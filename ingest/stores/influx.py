@@ -194,12 +194,11 @@ class InfluxStore(LocallyCommitting):
         self._flux = FluxSource(settings, series)
         self._register_prefixes(series)
         self._reader = self.db.connect()
-        self._depth_lock = threading.Lock()
         (count,) = self._reader.execute("SELECT count(*) FROM journal").fetchone()
-        self._depth = int(count)
         # Rows appended to and removed from the journal by this process, the rows found at
         # start counting as appended: the drain is in id order, so a commit's rows are in
         # InfluxDB once ``removed`` reaches what ``appended`` was right after that commit.
+        # Each has one writer (the commit thread, the drain thread), so no lock is needed.
         self._appended = int(count)
         self._removed = 0
         self._drain_listeners: list[Callable[[int], None]] = []
@@ -239,21 +238,14 @@ class InfluxStore(LocallyCommitting):
         self._drain_listeners.append(listener)
 
     def committed(self, readings: int) -> None:
-        # Commits come from one thread, and only that thread adds to ``_appended``.
         self._appended += readings
         if readings:
-            self._change_depth(readings)
             self._wake.set()
-
-    def _change_depth(self, delta: int) -> None:
-        with self._depth_lock:
-            self._depth += delta
 
     def journal_depth(self) -> int:
         # The drain may delete a batch's rows before commit adds them to the counter;
         # the dip is momentary, and the metric must never read negative.
-        with self._depth_lock:
-            return max(self._depth, 0)
+        return max(self._appended - self._removed, 0)
 
     def readings(self, query: ReadingQuery) -> Iterator[StoredReading]:
         return self._flux.readings(query)
@@ -317,7 +309,7 @@ class InfluxStore(LocallyCommitting):
         # once, so the database takes one chunk while it takes another; they are settled
         # (deleted from the journal) in id order all the same, as ``removed`` counts rows
         # in journal order.
-        writing: deque[tuple[_Chunk, Future[bool]]] = deque()
+        writing: deque[tuple[_Chunk, Future[_Refusal | None]]] = deque()
         with ThreadPoolExecutor(_WRITERS, thread_name_prefix="influx-write") as writers:
             while not self._stopping.is_set():
                 chunk = None
@@ -330,11 +322,12 @@ class InfluxStore(LocallyCommitting):
                             writing.append((chunk, writers.submit(self._send, apis, chunk)))
                     if writing and (chunk is None or len(writing) >= _WRITERS):
                         oldest, done = writing[0]
-                        if done.result():
+                        refusal = done.result()
+                        if refusal is None:
                             self._settle(oldest.first_id, oldest.last_id, [])
                             self.stats.points_written += oldest.rows
                         else:
-                            self._split(apis, oldest)
+                            self._split(apis, oldest, refusal)
                         writing.popleft()
                 except _Stopping:
                     return
@@ -367,19 +360,19 @@ class InfluxStore(LocallyCommitting):
             raise RuntimeError("journal rows of a series without a line prefix")
         return _Chunk(int(first), int(last), int(rows), str(body))
 
-    def _send(self, apis: queue.SimpleQueue[WriteApi], chunk: _Chunk) -> bool:
-        """Write a chunk whole: ``True`` once the database took it, ``False`` if it refused
-        it (``_split`` then finds the bad lines, in order with the other chunks)."""
+    def _send(self, apis: queue.SimpleQueue[WriteApi], chunk: _Chunk) -> _Refusal | None:
+        """Write a chunk whole: ``None`` once the database took it, else its refusal
+        (``_split`` then finds the bad lines, in order with the other chunks)."""
         write_api = apis.get()
         try:
             if self._stopping.is_set():
                 raise _Stopping
-            return self._write(write_api, chunk.body, chunk.rows) is None
+            return self._write(write_api, chunk.body, chunk.rows)
         finally:
             apis.put(write_api)
 
-    def _split(self, apis: queue.SimpleQueue[WriteApi], chunk: _Chunk) -> None:
-        """Write a refused chunk by halves, quarantining the lines refused on their own."""
+    def _split(self, apis: queue.SimpleQueue[WriteApi], chunk: _Chunk, refusal: _Refusal) -> None:
+        """Find the bad lines of a refused chunk (``_write_or_split``)."""
         # A connection of its own: the drain's reader may be in the middle of a read.
         conn = self.db.connect()
         try:
@@ -391,16 +384,20 @@ class InfluxStore(LocallyCommitting):
             conn.close()
         write_api = apis.get()
         try:
-            half = len(lines) // 2
-            for part in [lines] if half == 0 else [lines[:half], lines[half:]]:
-                self._write_or_split(write_api, part)
+            self._write_or_split(write_api, lines, refusal)
         finally:
             apis.put(write_api)
 
-    def _write_or_split(self, write_api: WriteApi, lines: list[_Line]) -> None:
+    def _write_or_split(
+        self, write_api: WriteApi, lines: list[_Line], refused: _Refusal | None = None
+    ) -> None:
+        """Write ``lines``, or halve them until the lines the database refuses on their own
+        are found and quarantined. ``refused``: its answer to all of them, if already sent."""
         if self._stopping.is_set():
             raise _Stopping
-        refusal = self._write(write_api, "\n".join(line.text for line in lines), len(lines))
+        refusal = refused or self._write(
+            write_api, "\n".join(line.text for line in lines), len(lines)
+        )
         if refusal is None:
             self.stats.points_written += len(lines)
             self._settle(lines[0].journal_id, lines[-1].journal_id, [])
@@ -434,7 +431,6 @@ class InfluxStore(LocallyCommitting):
             cur.execute("DELETE FROM journal WHERE id BETWEEN ? AND ?", (first_id, last_id))
             deleted = cur.rowcount
             self.db.add_rejections(cur, rejected)
-        self._change_depth(-deleted)
         self._removed += deleted
         for listener in self._drain_listeners:
             listener(self._removed)
