@@ -64,6 +64,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -141,16 +142,31 @@ def expected_keys(mode: str, count: int, base_s: float) -> tuple[set[Key], set[K
 # -- processes under test -------------------------------------------------------------------
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: Stadtpuls' MQTT client is a child process."""
+    proc = psutil.Process(pid)
+    return [pid, *(c.pid for c in proc.children(recursive=True))]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    """CPU seconds of ``pid`` and its child processes so far."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return total
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The peak resident memory of ``pid`` plus that of each of its child processes."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 def create_session(port: int, protocol: int, client_id: str, topics: list[str]) -> None:

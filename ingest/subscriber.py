@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -48,13 +48,14 @@ class MqttSettings(BrokerAccess):
     # paho takes whole seconds here.
     reconnect_min: timedelta = timedelta(seconds=1)
     reconnect_max: timedelta = timedelta(seconds=30)
+    # paho in a process of its own (``ingest.mqtt_process``), or on a thread of the service.
+    client_process: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
-    generation: int
-    mid: int
-    qos: int
+# What acknowledges a message: the connection it arrived on (a count of connections), its
+# packet id and QoS. A plain tuple, made on paho's thread for every message and cheap to
+# pass to another process.
+Token = tuple[int, int, int]
 
 
 class MqttSubscriber:
@@ -201,7 +202,7 @@ class MqttSubscriber:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = repr(msg.info)  # the broker should refuse such topics; keep the message
-        token = _Token(self._generation, msg.mid, msg.qos)
+        token: Token = (self._generation, msg.mid, msg.qos)
         self._queue.put(
             InboundMessage(topic, bytes(msg.payload), time.time_ns(), token, bool(msg.dup))
         )
@@ -221,13 +222,20 @@ class MqttSubscriber:
         self.metrics.pending_messages.set(q.qsize() + len(out))
         return out
 
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet taken."""
+        return self._queue.qsize()
+
     def ack(self, messages: Sequence[InboundMessage]) -> None:
+        self.ack_tokens(cast("list[Token]", [m.token for m in messages]))
+        self.metrics.pending_messages.set(self._queue.qsize())
+
+    def ack_tokens(self, tokens: Sequence[Token]) -> None:
+        """Acknowledges the messages of ``tokens`` that came on the current connection."""
         client = self._client
         with self._ack_lock:
-            generation = self._generation
-            for m in messages:
-                token = m.token
-                assert isinstance(token, _Token)
-                if token.qos and token.generation == generation:
-                    client.ack(token.mid, token.qos)
-        self.metrics.pending_messages.set(self._queue.qsize())
+            current = self._generation
+            for generation, mid, qos in tokens:
+                if qos and generation == current:
+                    client.ack(mid, qos)

@@ -27,6 +27,7 @@ from export.tokens import TokenStore
 from ingest.anomaly import Detectors
 from ingest.batch import ReadingBatch
 from ingest.metrics import IngestMetrics
+from ingest.mqtt_process import MqttProcessSubscriber
 from ingest.pipeline import BatchListener, BatchSettings, IngestLoop, MessageSource, Pipeline
 from ingest.secrets import plain_settings
 from ingest.storedacks import AckWhenStored
@@ -360,12 +361,9 @@ class Service:
                 )
             self.metrics.registry.register(NatsCollector(source))
             return source
-        return MqttSubscriber(
-            replace(mqtt_settings(settings), client_id=self.share.client_id),
-            self.share.subscriptions,
-            self.metrics,
-            self.share.unsubscriptions,
-        )
+        mqtt = replace(mqtt_settings(settings), client_id=self.share.client_id)
+        subscriber = MqttProcessSubscriber if mqtt.client_process else MqttSubscriber
+        return subscriber(mqtt, self.share.subscriptions, self.metrics, self.share.unsubscriptions)
 
     @property
     def anomaly_state_path(self) -> Path:

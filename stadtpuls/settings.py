@@ -84,6 +84,9 @@ class MqttSection(_Section):
     keepalive: Duration = timedelta(seconds=30)
     session_expiry: Duration = timedelta(days=1)
     receive_maximum: int = Field(default=20000, ge=1, le=65535)
+    # The MQTT client (paho) in a process of its own: its work per message no longer
+    # shares one interpreter lock with decoding and storing. Off: a thread of the service.
+    client_process: bool = True
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -6,6 +6,8 @@ The broker and the service are the ``broker`` and ``service`` fixtures (``tests/
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from stadtpuls.broker import MosquittoBroker
@@ -87,11 +90,21 @@ def assert_exactly_once(db: Path, load: Load, acked: list[int]) -> None:
 PROTOCOLS = pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 
 
-@PROTOCOLS
+# paho in its own process (the default) on both versions, and on a thread of the service.
+@pytest.mark.parametrize(
+    ("protocol", "client_process"), [("5", True), ("3.1.1", True), ("3.1.1", False)]
+)
 def test_sigkill_mid_stream_loses_nothing(
-    tmp_path: Path, broker: MosquittoBroker, service_factory: ServiceFactory, protocol: str
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    service_factory: ServiceFactory,
+    protocol: str,
+    client_process: bool,
 ) -> None:
-    service = service_factory(broker.port, mqtt={"protocol": protocol})
+    service = service_factory(
+        broker.port, mqtt={"protocol": protocol, "client_process": client_process}
+    )
+    assert len(client_processes(service)) == (1 if client_process else 0)
     load = start_load(tmp_path, broker.port, count=12_000, rate=2_000, name="kill")
     wait_until(lambda: count_strain(service.db) > 3_000, 30, "the first readings stored")
     service.kill()
@@ -139,3 +152,67 @@ def test_anomaly_state_survives_a_restart(
     assert state.exists()
     service.start()
     assert "anomaly state restored for" in service.output_path.read_text()
+
+
+def client_processes(service: ServiceProcess) -> list[psutil.Process]:
+    """The service's MQTT client processes (``ingest.mqtt_process``) now running."""
+    assert service.pid is not None
+    return [
+        p
+        for p in psutil.Process(service.pid).children()
+        if p.is_running()
+        and p.status() != psutil.STATUS_ZOMBIE
+        and "ingest.mqtt_process" in p.cmdline()
+    ]
+
+
+def test_a_killed_client_process_is_replaced_and_loses_nothing(
+    tmp_path: Path, broker: MosquittoBroker, service_factory: ServiceFactory
+) -> None:
+    """paho runs in a child process (``mqtt.client_process``, on by default). Killed
+    mid-stream, it is replaced without the service restarting, and the broker redelivers
+    what it had not acknowledged."""
+    service = service_factory(broker.port, mqtt={"protocol": "3.1.1"})
+    service_pid = service.pid
+    (first,) = client_processes(service)
+    load = start_load(tmp_path, broker.port, count=8_000, rate=1_000, name="client-kill")
+    wait_until(lambda: count_strain(service.db) > 2_000, 30, "the first readings stored")
+    first.kill()
+    wait_until(
+        lambda: (
+            [p.pid for p in client_processes(service)] not in ([], [first.pid]) and service.ready()
+        ),
+        30,
+        "a new client process, connected",
+    )
+    acked = load.finish()
+    assert len(acked) == load.count
+    wait_until(lambda: count_strain(service.db) >= len(acked), 60, "every acked reading stored")
+    assert_exactly_once(service.db, load, acked)
+    assert service.pid == service_pid
+    assert service.is_running
+    assert "the MQTT client process" in service.log_tail(200)
+
+
+def test_the_client_process_leaves_with_the_service(
+    broker: MosquittoBroker, service: ServiceProcess
+) -> None:
+    """A SIGKILLed service cannot stop its client: the client sees the end of its pipe and
+    leaves, so it cannot hold the session against the service's next start."""
+    (client,) = client_processes(service)
+    service.kill()
+    client.wait(timeout=10)  # raises psutil.TimeoutExpired if it stayed
+
+
+def test_a_signal_to_the_whole_group_stops_the_service_in_order(
+    broker: MosquittoBroker, service: ServiceProcess
+) -> None:
+    """``systemctl stop`` and a Ctrl-C signal every process of the group at once. The
+    client ignores them and leaves when the service stops it, so the service neither sees
+    it die first nor starts another."""
+    (client,) = client_processes(service)
+    assert service.pid is not None
+    os.killpg(service.pid, signal.SIGTERM)
+    client.wait(timeout=30)
+    wait_until(lambda: not service.is_running, 30, "the service to exit")
+    assert "the MQTT client process" not in service.log_tail(200)
