@@ -129,7 +129,6 @@ class MqttProcessSubscriber:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
-        self._incarnation += 1
         # A process started anew, not forked: forking a process that runs threads can copy
         # a lock some other thread holds, and the child would hang on it.
         self._proc = subprocess.Popen(
@@ -147,7 +146,11 @@ class MqttProcessSubscriber:
                 logging.getLogger().getEffectiveLevel(),
             )
         )
-        self._conn = conn
+        # Together, so that no acknowledgement meant for the last child reaches this one,
+        # whose packet ids and connection count start again.
+        with self._send_lock:
+            self._incarnation += 1
+            self._conn = conn
 
     def _supervise(self) -> None:
         while True:
@@ -226,14 +229,16 @@ class MqttProcessSubscriber:
         return out
 
     def ack(self, messages: Sequence[InboundMessage]) -> None:
-        current = self._incarnation
-        tokens: list[Token] = []
-        for m in messages:
-            incarnation, gen, mid, qos = cast(_RemoteToken, m.token)
-            if incarnation == current:
-                tokens.append((gen, mid, qos))
-        if tokens:
-            self._send(("ack", tokens))
+        with self._send_lock:
+            current, conn = self._incarnation, self._conn
+            tokens: list[Token] = []
+            for m in messages:
+                incarnation, gen, mid, qos = cast(_RemoteToken, m.token)
+                if incarnation == current:
+                    tokens.append((gen, mid, qos))
+            if tokens and conn is not None:
+                with contextlib.suppress(OSError):  # gone: the broker redelivers them
+                    conn.send(("ack", tokens))
         self.metrics.pending_messages.set(self._queue.qsize() + self._child_backlog)
 
 
