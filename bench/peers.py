@@ -338,11 +338,14 @@ def await_stored(
         except httpx.TransportError:
             # Node-RED's per-message flow opens thousands of connections at once and
             # VictoriaMetrics resets some, ours too: count again at the next poll. It can
-            # also run out of file descriptors and exit: then there is nothing to wait for.
+            # also run out of file descriptors and exit: then the run ends with what was
+            # counted before, and the caller starts VictoriaMetrics again for the next one.
             if not store.vm.is_running:
-                raise RuntimeError(
-                    f"VictoriaMetrics exited during the run; see {store.vm.log_paths}"
-                ) from None
+                print(
+                    f"  VictoriaMetrics exited during the run ({store.vm.log_tail(3)})",
+                    flush=True,
+                )
+                return max(seen, 0), 0
             count = max(seen, 0)
         if count >= expected:
             return count, now_ns
@@ -400,7 +403,8 @@ def run_once(
                 publisher.kill()
                 publisher.wait()
         cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
-        vm_cpu = cpu_seconds(vm_pid) - vm_cpu_before
+        vm_died = not store.vm.is_running
+        vm_cpu = math.nan if vm_died else cpu_seconds(vm_pid) - vm_cpu_before
         rss = sum(peak_rss_mb(p) for p in pids)
     except BaseException:
         for sub in subs:
@@ -408,6 +412,10 @@ def run_once(
         raise
     finally:
         forced = stop_all(subs)
+    if vm_died:
+        # Its data is on disk: this run's points and the earlier runs' stay countable.
+        print("  starting VictoriaMetrics again", flush=True)
+        store.vm.start()
     errors = sum(logged_errors(sub) for sub in subs)
     pub = json.loads(out.strip().splitlines()[-1])
     if pub["acked"] != count:
@@ -427,6 +435,11 @@ def run_once(
         errors,
         forced,
     )
+
+
+def _median(values: list[float]) -> float:
+    """The median, or NaN where no run could measure it."""
+    return statistics.median(values) if values else math.nan
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -480,7 +493,7 @@ class Summary:
             "logged_errors": self.errors,
             "killed_on_stop": self.killed,
             "cpu_s_per_100k": round(statistics.median(self.cpu_per_100k), 2),
-            "vm_cpu_s_per_100k": round(statistics.median(self.vm_cpu_per_100k), 2),
+            "vm_cpu_s_per_100k": round(_median(self.vm_cpu_per_100k), 2),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
         }
 
@@ -500,7 +513,8 @@ def summarise(results: list[Result]) -> list[Summary]:
         s.errors += r.errors
         s.killed += r.killed
         s.cpu_per_100k.append(r.cpu_s / r.sent * 100_000)
-        s.vm_cpu_per_100k.append(r.vm_cpu_s / r.sent * 100_000)
+        if not math.isnan(r.vm_cpu_s):  # unknown when VictoriaMetrics died in the run
+            s.vm_cpu_per_100k.append(r.vm_cpu_s / r.sent * 100_000)
         s.peak_rss_mb = max(s.peak_rss_mb, r.peak_rss_mb)
     return [out[c.name] for c in CONFIGS if c.name in out]
 
@@ -526,7 +540,7 @@ def print_table(summaries: list[Summary]) -> None:
             f"{s.config:<20} {rate:>10} {_span(s.rates, ',.0f'):>15} {ratio:>6} "
             f"{_span(s.ratios, '.2f'):>11} {f'{s.stored:,}/{s.sent:,}':>19} "
             f"{statistics.median(s.cpu_per_100k):>10.2f} "
-            f"{statistics.median(s.vm_cpu_per_100k):>7.2f} {s.peak_rss_mb:>6.0f} MB"
+            f"{_median(s.vm_cpu_per_100k):>7.2f} {s.peak_rss_mb:>6.0f} MB"
         )
     print(
         "ratio: to stadtpuls-1w (blocks: to stadtpuls-blocks) in the same round; CPU: the "

@@ -144,8 +144,11 @@ def expected_keys(mode: str, count: int, base_s: float) -> tuple[set[Key], set[K
 
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants: Stadtpuls' MQTT client is a child process."""
-    proc = psutil.Process(pid)
-    return [pid, *(c.pid for c in proc.children(recursive=True))]
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [pid, *(c.pid for c in children)]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -57,6 +57,10 @@ class IngestMetrics:
             "stadtpuls_resubscribes",
             "subscriptions made because the broker had no session for the client",
         )
+        self.client_restarts = counter(
+            "stadtpuls_mqtt_client_restarts",
+            "MQTT client processes that ended on their own and were started again",
+        )
         self.listener_errors = counter(
             "stadtpuls_listener_errors", "batch listeners that raised", ["listener"]
         )

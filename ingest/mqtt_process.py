@@ -163,6 +163,7 @@ class MqttProcessSubscriber:
                 return
             code = proc.wait()
             self._set_connected(False)
+            self.metrics.client_restarts.inc()
             log.error(
                 "the MQTT client process %d ended (exit status %s); starting another, and "
                 "the broker redelivers what it had not acknowledged",

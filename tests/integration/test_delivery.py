@@ -191,6 +191,7 @@ def test_a_killed_client_process_is_replaced_and_loses_nothing(
     assert_exactly_once(service.db, load, acked)
     assert service.pid == service_pid
     assert service.is_running
+    assert service.metric("stadtpuls_mqtt_client_restarts_total") == 1
     assert "the MQTT client process" in service.log_tail(200)
 
 
