@@ -41,8 +41,8 @@ import paho.mqtt.client as mqtt
 
 from ingest.batch import InboundMessage
 from ingest.metrics import IngestMetrics
-from ingest.sources import take_from
-from ingest.subscriber import MqttSettings, MqttSubscriber, Token
+from ingest.sources import take_counted
+from ingest.subscriber import MqttSettings, MqttSubscriber, Token, topic_of
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,9 @@ class MqttProcessSubscriber:
     def take(
         self, max_messages: int, max_wait: timedelta, max_bytes: int | None = None
     ) -> list[InboundMessage]:
-        q = self._queue
-        out = take_from(q, max_messages, max_wait, max_bytes)
-        if not out:
-            return out
-        self.metrics.messages_received.inc(len(out))
-        self.metrics.pending_messages.set(q.qsize() + self._child_backlog + len(out))
-        return out
+        return take_counted(
+            self._queue, self.metrics, max_messages, max_wait, max_bytes, self._child_backlog
+        )
 
     def ack(self, messages: Sequence[InboundMessage]) -> None:
         with self._send_lock:
@@ -272,13 +268,9 @@ class _Receiver(MqttSubscriber):
         self.arrived: deque[tuple[str, bytes, int, Token, bool]] = deque()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = repr(msg.info)  # the broker should refuse such topics; keep the message
         self.arrived.append(
             (
-                topic,
+                topic_of(msg),
                 bytes(msg.payload),
                 time.time_ns(),
                 (self._generation, msg.mid, msg.qos),

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from ingest.batch import InboundMessage
+from ingest.metrics import IngestMetrics
 
 _POLL_INTERVAL_S = 0.005
 
@@ -44,6 +45,25 @@ def take_from(
             # Let messages pile up rather than waking for each one: every wake-up takes
             # the GIL from the client's network thread.
             time.sleep(min(remaining, _POLL_INTERVAL_S))
+    return out
+
+
+def take_counted(
+    q: queue.SimpleQueue[InboundMessage],
+    metrics: IngestMetrics,
+    max_messages: int,
+    max_wait: timedelta,
+    max_bytes: int | None,
+    held_elsewhere: int = 0,
+) -> list[InboundMessage]:
+    """``take_from``, with the batch counted as received and the pending messages set to
+    what is left on ``q``, the batch itself and ``held_elsewhere`` (not yet on ``q``)."""
+    out = take_from(q, max_messages, max_wait, max_bytes)
+    if out:
+        # Counted here, once per batch: a counter update per message would cost the
+        # network thread a lock round trip at tens of thousands of messages a second.
+        metrics.messages_received.inc(len(out))
+        metrics.pending_messages.set(q.qsize() + held_elsewhere + len(out))
     return out
 
 

@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.mqtt_client import BrokerAccess, new_client, on_connection
 from ingest.batch import InboundMessage
 from ingest.metrics import IngestMetrics
-from ingest.sources import take_from
+from ingest.sources import take_counted
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ class MqttSettings(BrokerAccess):
 # packet id and QoS. A plain tuple, made on paho's thread for every message and cheap to
 # pass to another process.
 Token = tuple[int, int, int]
+
+
+def topic_of(msg: mqtt.MQTTMessage) -> str:
+    """The message's topic; one that is not UTF-8 (the broker should have refused it) as
+    the message's repr, so the message is kept and quarantined rather than lost."""
+    try:
+        return msg.topic
+    except UnicodeDecodeError:
+        return repr(msg.info)
 
 
 class MqttSubscriber:
@@ -198,13 +207,9 @@ class MqttSubscriber:
             log.warning("lost the broker connection (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = repr(msg.info)  # the broker should refuse such topics; keep the message
         token: Token = (self._generation, msg.mid, msg.qos)
         self._queue.put(
-            InboundMessage(topic, bytes(msg.payload), time.time_ns(), token, bool(msg.dup))
+            InboundMessage(topic_of(msg), bytes(msg.payload), time.time_ns(), token, bool(msg.dup))
         )
 
     # MessageSource
@@ -212,15 +217,7 @@ class MqttSubscriber:
     def take(
         self, max_messages: int, max_wait: timedelta, max_bytes: int | None = None
     ) -> list[InboundMessage]:
-        q = self._queue
-        out = take_from(q, max_messages, max_wait, max_bytes)
-        if not out:
-            return out
-        # Counted here, once per batch: a counter update per message would cost the
-        # network thread a lock round trip at tens of thousands of messages a second.
-        self.metrics.messages_received.inc(len(out))
-        self.metrics.pending_messages.set(q.qsize() + len(out))
-        return out
+        return take_counted(self._queue, self.metrics, max_messages, max_wait, max_bytes)
 
     @property
     def backlog(self) -> int:
