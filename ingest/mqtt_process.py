@@ -278,10 +278,6 @@ class _Receiver(MqttSubscriber):
             )
         )
 
-    @property
-    def backlog(self) -> int:
-        return len(self.arrived)
-
 
 def _child(conn: Connection) -> None:
     settings, subscriptions, unsubscriptions, level = conn.recv()

@@ -219,11 +219,6 @@ class MqttSubscriber:
     ) -> list[InboundMessage]:
         return take_counted(self._queue, self.metrics, max_messages, max_wait, max_bytes)
 
-    @property
-    def backlog(self) -> int:
-        """Messages received and not yet taken."""
-        return self._queue.qsize()
-
     def ack(self, messages: Sequence[InboundMessage]) -> None:
         self.ack_tokens(cast("list[Token]", [m.token for m in messages]))
         self.metrics.pending_messages.set(self._queue.qsize())
