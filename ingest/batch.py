@@ -40,18 +40,6 @@ class AnomalyFlag(IntFlag):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """A message as the broker handed it over; ``token`` lets the subscriber acknowledge it,
-    ``dup`` is MQTT's flag for a redelivery."""
-
-    topic: str
-    payload: bytes
-    received_ns: int
-    token: object = None
-    dup: bool = False
-
-
 def message_digest(topic: str, payload: bytes) -> bytes:
     """Identifies a message by content, for the quarantine and the receipt times."""
     return hashlib.sha256(topic.encode("utf-8", "surrogatepass") + b"\0" + payload).digest()

@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.sources import take_counted
 from ingest.subscriber import MqttSettings, MqttSubscriber, Token, topic_of

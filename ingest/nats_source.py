@@ -50,7 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from devices.vocabulary import SiteKind
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.sources import take_from
 

@@ -24,7 +24,8 @@ from typing import Protocol
 from devices.codecs import Decoded, Decoder, ReadingRejected
 from devices.rejections import positions, summarize
 from ingest.anomaly import AnomalyCheck
-from ingest.batch import InboundMessage, ReadingBatch, Receipt, Rejection, message_digest
+from ingest.batch import ReadingBatch, Receipt, Rejection, message_digest
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.retry import Backoff
 from ingest.stores.base import Committer

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 
 _POLL_INTERVAL_S = 0.005

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Protocol
 
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.pipeline import MessageSource
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from devices.mqtt_client import BrokerAccess, new_client, on_connection
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.sources import take_counted
 

@@ -16,7 +16,7 @@ from devices.codecs import DecodeLimits, Decoder
 from devices.registry import Registry
 from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
 from ingest.sources import ListSource

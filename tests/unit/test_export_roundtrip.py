@@ -30,7 +30,7 @@ from export.formats import ExportFormat
 from export.query import ExportRequest, Layout, Resolution, Statistic
 from export.stream import ExportStats, export_stream
 from ingest.anomaly import LimitCheck
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.stores.base import ReadingQuery, StoredReading

@@ -17,7 +17,8 @@ from devices.codecs import DecodeLimits, Decoder, ReadingRejected, RejectReason
 from devices.registry import Registry, parse_registry
 from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
-from ingest.batch import InboundMessage, ReadingBatch, Rejection
+from ingest.batch import ReadingBatch, Rejection
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import Pipeline
 from ingest.quarantine import Quarantine

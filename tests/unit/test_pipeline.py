@@ -16,7 +16,8 @@ from devices.codecs import DecodeLimits, Decoder
 from devices.registry import parse_registry
 from devices.topics import TopicScheme
 from ingest.anomaly import LimitCheck
-from ingest.batch import AnomalyFlag, InboundMessage, ReadingBatch, Receipt, Rejection
+from ingest.batch import AnomalyFlag, ReadingBatch, Receipt, Rejection
+from ingest.messages import InboundMessage
 from ingest.metrics import IngestMetrics
 from ingest.pipeline import BatchSettings, IngestLoop, Pipeline
 from ingest.quarantine import Quarantine

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from ingest.batch import InboundMessage
+from ingest.messages import InboundMessage
 from ingest.storedacks import AckWhenStored
 from tests.support.waiting import wait_until
 
