@@ -93,12 +93,6 @@ class MqttProcessSubscriber:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    @property
-    def client_pid(self) -> int | None:
-        """The child's process id, while one runs."""
-        proc = self._proc
-        return None if proc is None or proc.poll() is not None else proc.pid
-
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
