@@ -45,13 +45,15 @@ class HeldSource(MessageSource, Protocol):
 
 
 class DrainedJournal(Protocol):
-    """A journal drained in commit order, counting the rows it appended and removed."""
+    """A journal drained in commit order, counting the rows it appended and drained
+    (written to the database, or quarantined)."""
 
     @property
     def appended(self) -> int: ...
 
     def on_drained(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(removed)`` on the drain's thread after each removal."""
+        """Call ``listener(removed)`` on the drain's thread each time rows are drained;
+        ``removed`` counts every row drained so far."""
         ...
 
 

@@ -28,7 +28,7 @@ and a reading costs one f-string, which is what lets the drain keep up with the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
 _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
@@ -78,3 +78,31 @@ def reading_line(prefix: str, ts_ns: int, value: float, anomaly: int, score: flo
     a value validation should never have let through.
     """
     return f"{prefix} value={value!r},anomaly={anomaly}i,score={score!r} {ts_ns}"
+
+
+# ``reading_line`` as a %-template: ``%r`` of a float is its ``repr``, ``%d`` of an int its
+# digits, so a line built from it is the very line ``reading_line`` builds.
+_LINE_TEMPLATE = "%s value=%r,anomaly=%di,score=%r %d"
+
+
+def reading_lines(
+    prefixes: Sequence[str],
+    ts_ns: Sequence[int],
+    values: Sequence[float],
+    anomalies: Sequence[int],
+    scores: Sequence[float],
+) -> str:
+    """Many readings as one body, lines joined by newlines, each as ``reading_line``
+    builds it.
+
+    One ``%`` over a template repeated once per line formats them all inside the
+    interpreter's C code: about a third of the cost of one f-string per line.
+    """
+    n = len(prefixes)
+    args: list[str | int | float] = [""] * (5 * n)
+    args[0::5] = prefixes
+    args[1::5] = values
+    args[2::5] = anomalies
+    args[3::5] = scores
+    args[4::5] = ts_ns
+    return "\n".join([_LINE_TEMPLATE] * n) % tuple(args)

@@ -136,13 +136,17 @@ class LocalDatabase:
         batch: ReadingBatch,
         rejected: Sequence[Rejection],
         receipts: Sequence[Receipt],
-    ) -> None:
+    ) -> int | None:
         """One batch in one transaction: readings (with the store's own statement taking
-        series id, ts_ns, value, anomaly, score), quarantine records and receipt times."""
+        series id, ts_ns, value, anomaly, score), quarantine records and receipt times.
+
+        Returns the rowid SQLite gave the batch's last reading row (``None`` without
+        readings); only a table with rowids makes it meaningful."""
         head, values, tail = insert_readings.partition(_ONE_ROW)
         if not values:
             raise ValueError(f"the readings statement must insert {_ONE_ROW}")
         columns = self.reading_columns(batch)
+        last_rowid: int | None = None
         with self.transaction() as cur:
             self.add_rejections(cur, rejected)
             self.add_receipts(cur, receipts)
@@ -160,6 +164,8 @@ class LocalDatabase:
                 for k, column in enumerate(columns):
                     params[k :: len(columns)] = column[start:end]
                 cur.execute(sql, params)
+                last_rowid = cur.lastrowid
+        return last_rowid
 
     @staticmethod
     def add_rejections(cur: sqlite3.Cursor, rejected: Sequence[Rejection]) -> None:
@@ -255,11 +261,12 @@ class LocallyCommitting:
         rejected: Sequence[Rejection],
         receipts: Sequence[Receipt] = (),
     ) -> None:
-        self.db.commit(self._insert, batch, rejected, receipts)
-        self.committed(len(batch))
+        last_rowid = self.db.commit(self._insert, batch, rejected, receipts)
+        self.committed(batch, last_rowid)
 
-    def committed(self, readings: int) -> None:
-        """Called after each durable commit with the number of readings it stored."""
+    def committed(self, batch: ReadingBatch, last_rowid: int | None) -> None:
+        """Called after each durable commit with the readings it stored and the rowid of
+        the last one (see ``LocalDatabase.commit``)."""
 
     def receipt_time(self, digest: bytes) -> int | None:
         return self.db.receipt_time(digest)

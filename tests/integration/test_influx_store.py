@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -392,27 +394,43 @@ def test_throttling_and_server_errors_are_retried_and_refused_points_quarantined
 
 
 @pytest.mark.integration
-def test_lines_built_by_sqlite_carry_every_double_exactly(
-    tmp_path: Path, registry: Registry
+@pytest.mark.parametrize("built_by", ["memory", "sqlite"])
+def test_lines_carry_every_double_exactly(
+    tmp_path: Path, registry: Registry, built_by: str
 ) -> None:
-    """The journal's lines are built by SQLite, not by ``reading_line``: their floats must
-    still read back as the very doubles committed, and the rest of each line must be what
-    ``reading_line`` writes."""
+    """Lines come from the committed batch in memory (``memory``: the drain is running when
+    the batch is committed) or, for rows found in the journal at start, are built by SQLite
+    (``sqlite``): either way their floats read back as the very doubles committed, and the
+    rest of each line is what ``reading_line`` writes."""
     rng = np.random.default_rng(5)
     wide = 10 ** rng.uniform(-320, 308, 3000) * rng.choice([-1, 1], 3000)
     awkward = [0.1, 2 / 3, 1e-300, 5e-324, sys.float_info.max, -2.5e17, 123456.789012345, 1e16]
     awkward += wide.tolist()
+    batch = readings(registry, 0, len(awkward))
+    n = len(awkward)
+    batch.values[:n] = awkward
+    with np.errstate(over="ignore"):  # the widest doubles become infinite float32 scores
+        batch.scores[:n] = np.array(awkward, dtype=np.float32) / np.float32(7)
+    finite = np.isfinite(batch.scores)
+    batch = ReadingBatch(
+        batch.series[finite],
+        batch.ts_ns[finite],
+        batch.values[finite],
+        batch.flags[finite],
+        batch.scores[finite],
+    )
+    local = SqliteSettings(tmp_path / "journal.db")
     with InfluxStandIn() as server:
-        store = InfluxStore(
-            influx_settings(server.url), SqliteSettings(tmp_path / "journal.db"), registry.series
-        )
+        settings = influx_settings(server.url)
+        if built_by == "sqlite":
+            unstarted = InfluxStore(settings, local, registry.series)
+            unstarted.commit(batch, [])
+            unstarted.close()
+        store = InfluxStore(settings, local, registry.series)
         try:
-            batch = readings(registry, 0, len(awkward))
-            n = len(awkward)
-            batch.values[:n] = awkward
-            batch.scores[:n] = np.array(awkward, dtype=np.float32) / np.float32(7)
             store.start()
-            store.commit(batch, [])
+            if built_by == "memory":
+                store.commit(batch, [])
             drained(store)
         finally:
             store.close()
@@ -430,6 +448,87 @@ def test_lines_built_by_sqlite_carry_every_double_exactly(
         assert got["anomaly"] == want["anomaly"]
         assert float(got["value"]) == float(want["value"])
         assert float(got["score"]) == float(want["score"])
+    if built_by == "memory":
+        assert Counter(server.accepted) == Counter(lines_of(batch, registry))
+
+
+def journal_ids(path: Path) -> list[int]:
+    with closing(sqlite3.connect(path)) as conn:
+        return [int(i) for (i,) in conn.execute("SELECT id FROM journal ORDER BY id")]
+
+
+@pytest.mark.integration
+def test_written_rows_leave_the_journal_and_their_ids_are_never_given_again(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Written rows are deleted once the drain runs out of work; a batch committed after
+    the journal was empty gets new ids (``AUTOINCREMENT``), so a batch the drain still
+    holds in memory can never be taken for another one's rows. Every line is sent once."""
+    local = SqliteSettings(tmp_path / "journal.db")
+    first, second = readings(registry, 0, 30), readings(registry, 30, 30)
+    with InfluxStandIn() as server:
+        store = InfluxStore(influx_settings(server.url), local, registry.series)
+        try:
+            store.start()
+            store.commit(first, [])
+            drained(store)
+            wait_until(lambda: not journal_ids(local.path), DRAIN_TIMEOUT_S, "rows deleted")
+            store.stop()  # the next batch stays in the journal to be looked at
+            store.commit(second, [])
+            assert journal_ids(local.path) == list(range(len(first) + 1, 2 * len(first) + 1))
+            store.start()
+            drained(store)
+            wait_until(lambda: not journal_ids(local.path), DRAIN_TIMEOUT_S, "rows deleted")
+        finally:
+            store.close()
+    assert Counter(server.accepted) == Counter(lines_of(concat([first, second]), registry))
+
+
+@pytest.mark.integration
+def test_a_journal_from_before_autoincrement_keeps_its_rows(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """A journal created with plain ``INTEGER PRIMARY KEY`` ids is rebuilt at start with
+    ``AUTOINCREMENT``, its rows and their ids kept, and drained as before."""
+    local = SqliteSettings(tmp_path / "journal.db")
+    batch = readings(registry, 0, 40)
+    with InfluxStandIn() as server:
+        settings = influx_settings(server.url)
+        created = InfluxStore(settings, local, registry.series)  # series and prefixes
+        ids = created.db.series_ids.tolist()
+        created.close()
+        with closing(sqlite3.connect(local.path)) as conn, conn:
+            conn.execute("DROP TABLE journal")
+            conn.execute(
+                "CREATE TABLE journal (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, "
+                "ts_ns INTEGER NOT NULL, value REAL NOT NULL, "
+                "anomaly INTEGER NOT NULL DEFAULT 0, score REAL NOT NULL DEFAULT 0)"
+            )
+            conn.executemany(
+                "INSERT INTO journal (id, series_id, ts_ns, value, anomaly, score) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (100 + i, ids[int(batch.series[i])], int(batch.ts_ns[i]),
+                     float(batch.values[i]), int(batch.flags[i]), float(batch.scores[i]))
+                    for i in range(len(batch))
+                ],
+            )  # fmt: skip
+        store = InfluxStore(settings, local, registry.series)
+        try:
+            assert journal_ids(local.path) == list(range(100, 100 + len(batch)))
+            with closing(sqlite3.connect(local.path)) as conn:
+                (sql,) = conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE name = 'journal'"
+                ).fetchone()
+            assert "AUTOINCREMENT" in sql
+            store.start()
+            drained(store)
+            more = readings(registry, 40, 5)
+            store.commit(more, [])  # after the kept ids, not from 1 again
+            drained(store)
+        finally:
+            store.close()
+    assert Counter(server.accepted) == Counter(lines_of(concat([batch, more]), registry))
 
 
 @pytest.mark.integration
