@@ -215,7 +215,8 @@ class _Chunk:
     first_id: int
     last_id: int
     rows: int
-    body: str | _Part  # a ``_Part`` is formatted by the writer thread that sends it
+    # Parts of committed batches are formatted by the writer thread that sends them.
+    body: str | tuple[_Part, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,13 +455,26 @@ class InfluxStore(LocallyCommitting):
         return self._chunk_in_memory(int(first)) or self._read_chunk(after_id)
 
     def _chunk_in_memory(self, first_id: int) -> _Chunk | None:
+        # A chunk spans consecutive batches: at a few readings a batch (a city at 1 Hz, or
+        # the backlog after an outage) one request per batch would be hundreds a second.
+        parts: list[_Part] = []
+        rows = 0
         with self._recent_lock:
             while self._recent and self._recent[0].last_id < first_id:
                 self._recent_rows -= len(self._recent.popleft().batch)
-            if not self._recent or self._recent[0].first_id > first_id:
-                return None
-            held = self._recent[0]
-        rows = min(self.settings.chunk_size, held.last_id - first_id + 1)
+            next_id = first_id
+            for held in self._recent:
+                if rows == self.settings.chunk_size or not (
+                    held.first_id <= next_id <= held.last_id
+                ):
+                    break
+                take = min(self.settings.chunk_size - rows, held.last_id - next_id + 1)
+                start = next_id - held.first_id
+                parts.append(_Part(held.batch, start, start + take))
+                rows += take
+                next_id += take
+        if not parts:
+            return None
         last_id = first_id + rows - 1
         (present,) = self._reader.execute(
             "SELECT count(*) FROM journal WHERE id BETWEEN ? AND ?", (first_id, last_id)
@@ -475,17 +489,18 @@ class InfluxStore(LocallyCommitting):
                 self._recent.clear()
                 self._recent_rows = 0
             return None
-        start = first_id - held.first_id
-        return _Chunk(first_id, last_id, rows, _Part(held.batch, start, start + rows))
+        return _Chunk(first_id, last_id, rows, tuple(parts))
 
-    def _format(self, part: _Part) -> str:
-        batch, rows = part.batch, slice(part.start, part.end)
-        return reading_lines(
-            self._prefix_of[batch.series[rows]].tolist(),
-            batch.ts_ns[rows].tolist(),
-            batch.values[rows].tolist(),
-            batch.flags[rows].tolist(),
-            batch.scores[rows].tolist(),
+    def _format(self, parts: Sequence[_Part]) -> str:
+        return "\n".join(
+            reading_lines(
+                self._prefix_of[part.batch.series[part.start : part.end]].tolist(),
+                part.batch.ts_ns[part.start : part.end].tolist(),
+                part.batch.values[part.start : part.end].tolist(),
+                part.batch.flags[part.start : part.end].tolist(),
+                part.batch.scores[part.start : part.end].tolist(),
+            )
+            for part in parts
         )
 
     def _read_chunk(self, after_id: int) -> _Chunk | None:

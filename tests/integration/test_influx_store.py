@@ -452,6 +452,29 @@ def test_lines_carry_every_double_exactly(
         assert Counter(server.accepted) == Counter(lines_of(batch, registry))
 
 
+@pytest.mark.integration
+def test_a_chunk_from_memory_spans_many_small_batches(tmp_path: Path, registry: Registry) -> None:
+    """Batches of a few readings (a city at 1 Hz, or the backlog of an outage) go out
+    ``chunk_size`` lines a request, not one request per batch: 60 batches of 20 readings
+    with chunk_size 500 are three requests, each line as ``reading_line`` writes it."""
+    batches = [readings(registry, 10 * k, 10) for k in range(60)]
+    with InfluxStandIn() as server:
+        store = InfluxStore(
+            influx_settings(server.url, chunk_size=500),
+            SqliteSettings(tmp_path / "journal.db"),
+            registry.series,
+        )
+        try:
+            for batch in batches:
+                store.commit(batch, [])  # not started: the backlog waits in memory too
+            store.start()
+            drained(store)
+        finally:
+            store.close()
+    assert server.statuses == [204, 204, 204]
+    assert server.accepted == lines_of(concat(batches), registry)
+
+
 def journal_ids(path: Path) -> list[int]:
     with closing(sqlite3.connect(path)) as conn:
         return [int(i) for (i,) in conn.execute("SELECT id FROM journal ORDER BY id")]
