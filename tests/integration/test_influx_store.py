@@ -472,7 +472,8 @@ def test_a_chunk_from_memory_spans_many_small_batches(tmp_path: Path, registry: 
         finally:
             store.close()
     assert server.statuses == [204, 204, 204]
-    assert server.accepted == lines_of(concat(batches), registry)
+    # Four writers: the requests may reach the server in any order.
+    assert Counter(server.accepted) == Counter(lines_of(concat(batches), registry))
 
 
 def journal_ids(path: Path) -> list[int]:
