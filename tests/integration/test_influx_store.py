@@ -386,8 +386,8 @@ def test_throttling_and_server_errors_are_retried_and_refused_points_quarantined
             assert store.stats.points_written == len(good)
             assert store.stats.last_write_error is None
             # Backoff here is at most 50 ms, so a full second can only be Retry-After: the
-            # throttled chunk went out again a second later (two chunks are written at once,
-            # so other requests may come in between).
+            # throttled chunk went out again a second later (several chunks are written at
+            # once, so other requests may come in between).
             assert server.times[-1] - server.times[2] >= 1.0
         finally:
             store.close()
