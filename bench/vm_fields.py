@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -25,29 +24,36 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.throughput import cpu_seconds
+from ingest.stores.lineprotocol import reading_lines, reading_prefix
 from tests.support.victoria import VictoriaMetrics
 
 CHUNK = 5000
 SETTLE_S = 2.0  # its rows reach storage about once a second; count that work too
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def bodies(readings: int, all_fields: bool) -> list[bytes]:
+    """The requests: with all fields, the very lines the InfluxDB store sends."""
     rng = np.random.default_rng(1)
     values = (100 + 20 * rng.random(readings)).round(3).tolist()
     ts = (1_700_000_000_000_000_000 + np.arange(readings) * 10_000_000).tolist()
-    gauges = (np.arange(readings) // 100 % 20).tolist()
-    tail = ",anomaly=0i,score=0.0" if all_fields else ""
-    lines = [
-        f"strain,channel=g1,device=sg{g:02d},kind=bridge,site=bench value={v!r}{tail} {t}"
-        for g, v, t in zip(gauges, values, ts, strict=True)
+    gauge_prefixes = [
+        reading_prefix("bridge", "bench", f"sg{g:02d}", "g1", "strain") for g in range(20)
     ]
-    return ["\n".join(lines[i : i + CHUNK]).encode() for i in range(0, readings, CHUNK)]
+    prefixes = [gauge_prefixes[i // 100 % 20] for i in range(readings)]
+    out = []
+    for i in range(0, readings, CHUNK):
+        part = slice(i, i + CHUNK)
+        if all_fields:
+            n = len(values[part])
+            body = reading_lines(prefixes[part], ts[part], values[part], [0] * n, [0.0] * n)
+        else:
+            body = "\n".join(
+                f"{p} value={v!r} {t}"
+                for p, v, t in zip(prefixes[part], values[part], ts[part], strict=True)
+            )
+        out.append(body.encode())
+    return out
 
 
 def run_once(all_fields: bool, readings: int) -> float:
